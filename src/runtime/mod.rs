@@ -61,6 +61,16 @@ pub fn ensure_memlock(shard_count: usize) -> Result<u64, RuntimeError> {
     if limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= needed_bytes {
         return Ok(limit.rlim_cur);
     }
+    // A privileged process (CAP_SYS_RESOURCE) may raise the hard limit too;
+    // otherwise raise the soft limit as far as the hard limit allows.
+    let privileged = libc::rlimit {
+        rlim_cur: needed_bytes,
+        rlim_max: if limit.rlim_max == libc::RLIM_INFINITY { limit.rlim_max } else { limit.rlim_max.max(needed_bytes) },
+    };
+    // SAFETY: setrlimit reads the struct we pass; failure is reported by rc.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &privileged) } == 0 {
+        return Ok(needed_bytes);
+    }
     let wanted = if limit.rlim_max == libc::RLIM_INFINITY {
         needed_bytes
     } else {
