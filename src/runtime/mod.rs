@@ -19,6 +19,7 @@ pub use glommio::io::{DmaBuffer, DmaFile, ReadResult};
 pub use glommio::net::{TcpListener, TcpStream};
 pub use glommio::timer::{sleep, Timer};
 pub use glommio::channels::local_channel::{new_bounded as local_bounded_channel, LocalReceiver, LocalSender};
+pub use glommio::sync::{Semaphore, StaticPermit};
 pub use glommio::{spawn_local, yield_if_needed, Task};
 
 /// Locked memory each executor needs for glommio's registered buffers.
