@@ -18,6 +18,8 @@ pub use glommio::channels::channel_mesh::{Receivers as MeshReceivers, Senders as
 pub use glommio::io::{DmaBuffer, DmaFile, ReadResult};
 pub use glommio::net::{TcpListener, TcpStream};
 pub use glommio::timer::{sleep, Timer};
+pub use glommio::channels::local_channel::{new_bounded as local_bounded_channel, LocalReceiver, LocalSender};
+pub use glommio::sync::{Semaphore, StaticPermit};
 pub use glommio::{spawn_local, yield_if_needed, Task};
 
 /// Locked memory each executor needs for glommio's registered buffers.
@@ -59,6 +61,16 @@ pub fn ensure_memlock(shard_count: usize) -> Result<u64, RuntimeError> {
     }
     if limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= needed_bytes {
         return Ok(limit.rlim_cur);
+    }
+    // A privileged process (CAP_SYS_RESOURCE) may raise the hard limit too;
+    // otherwise raise the soft limit as far as the hard limit allows.
+    let privileged = libc::rlimit {
+        rlim_cur: needed_bytes,
+        rlim_max: if limit.rlim_max == libc::RLIM_INFINITY { limit.rlim_max } else { limit.rlim_max.max(needed_bytes) },
+    };
+    // SAFETY: setrlimit reads the struct we pass; failure is reported by rc.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &privileged) } == 0 {
+        return Ok(needed_bytes);
     }
     let wanted = if limit.rlim_max == libc::RLIM_INFINITY {
         needed_bytes
@@ -148,11 +160,13 @@ impl ShardThreads {
     }
 }
 
-/// Starts one executor per entry of `cpus` (None leaves a shard unpinned),
-/// each running `make_main(shard_id)` to completion.
-pub fn start_shards<F, Fut>(cpus: &[Option<usize>], make_main: F) -> Result<ShardThreads, RuntimeError>
+/// Starts one executor per entry of `cpus` (None leaves a shard unpinned).
+/// `make_main(shard_id)` runs on the calling thread and returns the closure
+/// that builds the shard's main future on the shard's own thread.
+pub fn start_shards<F, G, Fut>(cpus: &[Option<usize>], mut make_main: F) -> Result<ShardThreads, RuntimeError>
 where
-    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    F: FnMut(usize) -> G,
+    G: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
     let mut handles = Vec::with_capacity(cpus.len());
@@ -161,10 +175,10 @@ where
             Some(cpu) => glommio::Placement::Fixed(cpu),
             None => glommio::Placement::Unbound,
         };
-        let make_main = make_main.clone();
+        let shard_main = make_main(shard);
         let handle = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("weir-shard-{shard}"))
-            .spawn(move || make_main(shard))
+            .spawn(shard_main)
             .map_err(|err| RuntimeError::Spawn {
                 shard,
                 cpu,
