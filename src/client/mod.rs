@@ -33,4 +33,6 @@ pub use cluster::{Client, ClientConfig, NewTopic, OffsetSpec, PartitionMetadata,
 pub use connection::{Connection, ConnectionConfig};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, FetchedPartition, PollOutcome, StartOffset};
 pub use error::{kafka_error_name, ClientError};
-pub use producer::{Acks, BatchReport, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use producer::{
+    murmur2, partition_for_key, Acks, BatchReport, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+};
