@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -96,9 +96,19 @@ pub struct ConsumerRecord {
 pub struct PollOutcome {
     pub partitions: Vec<FetchedPartition>,
     pub errors: Vec<ClientError>,
+    /// Time from sending each Fetch that completed during the poll to its
+    /// response, long-poll wait included.
+    pub fetch_round_trips: Vec<Duration>,
 }
 
-type FetchInFlight = Pin<Box<dyn Future<Output = (i32, Vec<(Rc<str>, i32, i64)>, Result<FetchResponse, ClientError>)>>>;
+type FetchInFlight = Pin<Box<dyn Future<Output = FetchDone>>>;
+
+struct FetchDone {
+    leader: i32,
+    requested: Vec<(Rc<str>, i32, i64)>,
+    round_trip: Duration,
+    result: Result<FetchResponse, ClientError>,
+}
 
 /// An async consumer of directly assigned partitions.
 pub struct Consumer {
@@ -189,11 +199,11 @@ impl Consumer {
         let mut outcome = PollOutcome::default();
         self.start_fetches(&mut outcome.errors).await;
 
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         // Bounded: each round either returns, or consumes one finished fetch
         // and starts at most one per leader, until the deadline.
         loop {
-            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            let remaining = deadline.saturating_duration_since(Instant::now());
             if self.in_flight.is_empty() {
                 if !remaining.is_zero() && !outcome.errors.is_empty() {
                     crate::runtime::sleep(remaining.min(self.client.config().retry_backoff)).await;
@@ -201,11 +211,12 @@ impl Consumer {
                 return Ok(outcome);
             }
             let next = crate::runtime::timeout(remaining, self.in_flight.next()).await;
-            let Some(Some((leader, requested, result))) = next else {
+            let Some(Some(done)) = next else {
                 return Ok(outcome);
             };
-            self.fetching.remove(&leader);
-            self.handle_response(leader, requested, result, &mut outcome).await;
+            self.fetching.remove(&done.leader);
+            outcome.fetch_round_trips.push(done.round_trip);
+            self.handle_response(done.leader, done.requested, done.result, &mut outcome).await;
             if !outcome.partitions.is_empty() || remaining.is_zero() {
                 return Ok(outcome);
             }
@@ -275,6 +286,7 @@ impl Consumer {
                 }
             };
             let request = self.fetch_request(&partitions);
+            let sent_at = Instant::now();
             let response = match connection.version_for::<FetchRequest>() {
                 Ok(version) => connection.send(&request, version).await,
                 Err(err) => Err(err),
@@ -288,7 +300,12 @@ impl Consumer {
                         if result.is_err() {
                             client.drop_connection_if_closed(&connection);
                         }
-                        (leader, partitions, result)
+                        FetchDone {
+                            leader,
+                            requested: partitions,
+                            round_trip: sent_at.elapsed(),
+                            result,
+                        }
                     }));
                 }
                 Err(err) => {

@@ -233,6 +233,13 @@ pub struct DeliveryFuture {
     index: u32,
 }
 
+impl DeliveryFuture {
+    /// The partition the record was appended to.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+}
+
 impl Future for DeliveryFuture {
     type Output = Result<RecordMetadata, ClientError>;
 
