@@ -436,7 +436,7 @@ PY
     fi
 }
 
-# Prints "MAJOR:MINOR" of the device that holds $1.
+# Prints "MAJOR:MINOR" of the device that contains $1.
 device_number() {
     local number=""
     if command -v findmnt >/dev/null 2>&1; then

@@ -455,8 +455,8 @@ block_queue_settings() {
         report n/a "$device read_ahead_kb" "not available on this host"
     fi
 
-    # glommio submits O_DIRECT reads to a polled ring when the device accepts
-    # polled I/O; NVMe does only with poll queues (the nvme.poll_queues module
+    # glommio submits O_DIRECT reads and writes to a polled ring when the device
+    # accepts polled I/O; NVMe does only with poll queues (the nvme.poll_queues module
     # parameter), which needs a driver reload or reboot, so this is only reported.
     if poll=$(read_first_line "$queue/io_poll"); then
         report info "$device io_poll" "$poll (1: polled completions available; NVMe needs nvme.poll_queues=N on the kernel command line)"

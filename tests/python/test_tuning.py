@@ -3,8 +3,8 @@
 check-host.sh runs against real temporary data directories, with limits
 lowered through `ulimit` and with fake /proc and /sys trees (the scripts read
 WEIR_PROCFS_ROOT and WEIR_SYSFS_ROOT in place of /proc and /sys). cpu-irq.sh
-runs only as a dry run: on this host, and on a fake /sys and /proc tree that
-offers a change for every setting it manages; both runs must leave every file
+runs only as a dry run, on this host and on a fake /sys and /proc tree that
+offers a change for every setting it manages. Both runs must leave every file
 untouched. --apply is never run here.
 """
 
@@ -415,7 +415,7 @@ def test_cpu_irq_spreads_irqs_onto_shards(tmp_path):
     assert actions["irq 50 (disk nvme0n1 nvme0q0) smp_affinity_list"] == ("would-set", "0-3 -> 0")
 
 
-def test_cpu_irq_all_cpus_shards_leaves_irqs(tmp_path):
+def test_cpu_irq_no_free_cpu_skips_irqs(tmp_path):
     env = build_fake_host(tmp_path)
 
     result = run_script(CPU_IRQ, env=env)
