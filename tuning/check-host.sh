@@ -11,10 +11,12 @@
 #
 # Exit status: 0 when no check failed, 1 when at least one did, 2 on a usage error.
 #
-# The only thing written is a probe file in the data directory, removed at
-# once, to test O_DIRECT. Limits are those of the shell that runs this script:
-# the systemd unit sets its own (LimitMEMLOCK, LimitNOFILE), so run it as the
-# service user (sudo -u weir tuning/check-host.sh) for the closest picture.
+# The only thing written is a probe file that tests O_DIRECT, removed at once.
+# It goes in the data directory, or in its nearest existing parent when the
+# data directory does not exist yet. Limits are those of the shell that runs
+# this script, because the systemd unit sets its own (LimitMEMLOCK,
+# LimitNOFILE). Run it as the service user (sudo -u weir ...) for the closest
+# picture.
 #
 # WEIR_SYSFS_ROOT and WEIR_PROCFS_ROOT replace /sys and /proc, for tests.
 
@@ -128,7 +130,7 @@ fail() {
 read_first_line() {
     local line
     [ -r "$1" ] || return 1
-    IFS= read -r line < "$1" 2>/dev/null || [ -n "${line:-}" ] || return 1
+    IFS= read -r line 2>/dev/null < "$1" || [ -n "${line:-}" ] || return 1
     printf '%s\n' "$line"
 }
 

@@ -121,7 +121,7 @@ section() {
 read_first_line() {
     local line
     [ -r "$1" ] || return 1
-    IFS= read -r line < "$1" 2>/dev/null || [ -n "${line:-}" ] || return 1
+    IFS= read -r line 2>/dev/null < "$1" || [ -n "${line:-}" ] || return 1
     printf '%s\n' "$line"
 }
 
