@@ -46,6 +46,10 @@ const MAGIC: &[u8; 8] = b"WEIRGRP1";
 const FRAME_HEADER_BYTES: usize = 8;
 /// Records larger than this are treated as a torn or corrupt tail.
 const RECORD_PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Largest offset metadata the journal stores, whatever the configuration
+/// says. With group id and topic name (at most 32 KiB each on the wire) a
+/// record stays far below [`RECORD_PAYLOAD_BYTES_MAX`].
+pub(super) const OFFSET_METADATA_BYTES_MAX: usize = 1024 * 1024;
 
 const KIND_OFFSET_COMMIT: u8 = 1;
 const KIND_OFFSET_DELETE: u8 = 2;
@@ -135,6 +139,10 @@ impl Record {
         }
         let payload_start = start + FRAME_HEADER_BYTES;
         let payload_bytes = out.len() - payload_start;
+        assert!(
+            payload_bytes <= RECORD_PAYLOAD_BYTES_MAX,
+            "journal record of {payload_bytes} bytes would read back as corrupt: {self:?}"
+        );
         let crc = crc32c::crc32c(&out[payload_start..]);
         out[start..start + 4].copy_from_slice(&(payload_bytes as u32).to_le_bytes());
         out[start + 4..payload_start].copy_from_slice(&crc.to_le_bytes());

@@ -80,7 +80,8 @@ pub struct GroupConfig {
     pub offsets_retention_minutes: i64,
     /// `offsets.retention.check.interval.ms`: how often expired offsets are removed.
     pub offsets_retention_check_interval_ms: u64,
-    /// `offset.metadata.max.bytes`: largest metadata string of a committed offset.
+    /// `offset.metadata.max.bytes`: largest metadata string of a committed
+    /// offset; values above 1 MiB act as 1 MiB.
     pub offset_metadata_max_bytes: usize,
     /// The journal is rewritten once its dead records exceed this many bytes
     /// and also outweigh the live ones.
@@ -396,13 +397,24 @@ impl Inner {
     }
 
     /// Groups with a protocol type that had members when the broker stopped
-    /// lost them all then; their offsets' retention counts from now.
+    /// lost them all then; their offsets' retention counts from now. The
+    /// moment is journaled so that later restarts do not move it again.
     fn finish_replay(&mut self) {
         let now_ms = (self.clock)();
+        let mut records = Vec::new();
         for group in self.groups.values_mut() {
-            if group.protocol_type.is_some() && group.empty_since_ms.is_none() {
+            if let (Some(protocol_type), None) = (&group.protocol_type, group.empty_since_ms) {
                 group.empty_since_ms = Some(now_ms);
+                records.push(Record::GroupState {
+                    group: group.id.clone(),
+                    protocol_type: protocol_type.clone(),
+                    empty_since_ms: now_ms,
+                });
             }
+        }
+        if !records.is_empty() {
+            // Durable in the background; a crash before that only repeats this step.
+            let _ = self.append_records(records);
         }
     }
 }

@@ -272,7 +272,10 @@ impl Inner {
         } else {
             -1
         };
-        let metadata_max_bytes = self.config.offset_metadata_max_bytes;
+        let metadata_max_bytes = self
+            .config
+            .offset_metadata_max_bytes
+            .min(journal::OFFSET_METADATA_BYTES_MAX);
         let validator = self.partition_validator.clone();
         let mut records = Vec::new();
         let errors = req

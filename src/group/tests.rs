@@ -719,6 +719,13 @@ fn second_member_triggers_rebalance() {
         assert_eq!(synced2.error_code, 0);
         assert_eq!(synced2.assignment, Bytes::from_static(b"p1"));
         assert_eq!(group_state(&coordinator, "g"), Some(GroupState::Stable));
+
+        // A follower that rejoins with unchanged protocols gets the current generation.
+        let follower_rejoin = join(&coordinator, &spec.clone().member(&m2), 5).await;
+        assert_eq!(follower_rejoin.error_code, 0);
+        assert_eq!(follower_rejoin.generation_id, 2);
+        assert!(follower_rejoin.members.is_empty());
+        assert_eq!(group_state(&coordinator, "g"), Some(GroupState::Stable));
     });
 }
 
@@ -1907,5 +1914,53 @@ fn every_version_encodes() {
                 vec![(group.clone(), 0)]
             );
         }
+    });
+}
+
+#[test]
+fn retention_of_group_active_at_shutdown_counts_from_first_restart() {
+    run(|dir| async move {
+        const START_MS: i64 = 7_000_000;
+        const RETENTION_MS: i64 = 60_000;
+        let config = GroupConfig {
+            offsets_retention_minutes: 1,
+            ..test_config()
+        };
+        let (_, clock) = manual_clock(START_MS);
+        let coordinator = GroupCoordinator::open_with_clock(&dir, config.clone(), clock)
+            .await
+            .expect("open");
+        let stable = stable_group(&coordinator, &[JoinSpec::new("g")]).await;
+        let stored = commit(
+            &coordinator,
+            "g",
+            stable.generation_id,
+            &stable.members[0],
+            &[("t", 0, 1, "")],
+            8,
+        )
+        .await;
+        assert_eq!(stored, vec![0]);
+        // The broker stops while the group still has a member.
+        coordinator.close().await;
+        drop(coordinator);
+
+        let first_restart_ms = START_MS + 10_000;
+        let (_, clock) = manual_clock(first_restart_ms);
+        let restarted = GroupCoordinator::open_with_clock(&dir, config.clone(), clock)
+            .await
+            .expect("first restart");
+        restarted.close().await;
+        drop(restarted);
+
+        let (now, clock) = manual_clock(first_restart_ms + RETENTION_MS - 1);
+        let again = GroupCoordinator::open_with_clock(&dir, config, clock)
+            .await
+            .expect("second restart");
+        again.expire_now().await;
+        assert_eq!(again.committed_offsets("g").len(), 1);
+        now.set(first_restart_ms + RETENTION_MS);
+        again.expire_now().await;
+        assert!(again.committed_offsets("g").is_empty());
     });
 }
