@@ -146,8 +146,8 @@ impl GroupCoordinator {
         response
     }
 
-    /// Handles DeleteGroups v0-v2: deletes Empty groups with their offsets,
-    /// answering once the deletion is durable.
+    /// Handles DeleteGroups v0-v2 by deleting Empty groups with their
+    /// offsets. Responds once the deletion is durable.
     pub async fn delete_groups(
         &self,
         req: DeleteGroupsRequest,

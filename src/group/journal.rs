@@ -17,7 +17,7 @@
 //! It stops at the first record that is short, oversized, fails its CRC or
 //! has an unknown kind, and truncates the file there: a crash can only tear
 //! the tail, because every batch is written at the durable end and covered by
-//! fdatasync before anyone is answered.
+//! fdatasync before any response depends on it.
 //!
 //! Writes are group-committed: records appended while a batch is being written
 //! wait for the next one. The file is a buffered `std::fs::File`, and every
@@ -47,7 +47,7 @@ const FRAME_HEADER_BYTES: usize = 8;
 /// Records larger than this are treated as a torn or corrupt tail.
 const RECORD_PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Largest offset metadata the journal stores, whatever the configuration
-/// says. With group id and topic name (at most 32 KiB each on the wire) a
+/// allows. With group id and topic name (at most 32 KiB each on the wire) a
 /// record stays far below [`RECORD_PAYLOAD_BYTES_MAX`].
 pub(super) const OFFSET_METADATA_BYTES_MAX: usize = 1024 * 1024;
 
@@ -248,7 +248,7 @@ pub(super) fn parse_records(bytes: &[u8]) -> (Vec<(Record, u32)>, usize) {
     (records, position)
 }
 
-/// What opening the journal found.
+/// Records and file length found when opening the journal.
 pub(super) struct Replayed {
     pub file: File,
     pub records: Vec<(Record, u32)>,
@@ -337,7 +337,7 @@ fn sync_directory(dir: &Path) -> Result<(), GroupError> {
         .map_err(|source| GroupError::io("fsync directory", dir, source))
 }
 
-/// Why a batch did not become durable.
+/// Failure of a batch to become durable, with its cause.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
 pub(super) struct JournalFailed(pub String);
@@ -464,7 +464,7 @@ fn write_batch(file: &File, position: u64, bytes: &[u8]) -> Result<(), WriteErro
 }
 
 /// Writes queued batches until the queue is empty. Runs as one task per
-/// coordinator at a time; `Journal::append` tells the caller when to start it.
+/// coordinator at a time; `Journal::append` returns whether the caller must start it.
 pub(super) async fn run_flusher(weak: Weak<RefCell<Inner>>) {
     loop {
         let Some(batch) = take_batch(&weak) else {

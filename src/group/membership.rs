@@ -21,8 +21,8 @@ use super::state::{Group, GroupState, JoinOutcome, Member, SyncOutcome};
 use super::{spawn_background, str_bytes, ClientInfo, Cx, GroupCoordinator, Inner};
 use crate::runtime;
 
-/// How long a new member may wait in a rebalance before it is dropped; it
-/// has no member id to heartbeat with, and a client that gave up on its
+/// How long a new member may wait in a rebalance before it is dropped. It
+/// has no member id to heartbeat with, so a client that gave up on its
 /// JoinGroup would otherwise stay in the group until the rebalance timeout.
 const NEW_MEMBER_JOIN_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
@@ -184,7 +184,7 @@ fn generate_member_id(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4())
 }
 
-/// The current generation as a JoinGroup result; the leader also gets the member list.
+/// Builds the JoinGroup result of the current generation. Only the leader gets the member list.
 fn current_generation(group: &Group, member_id: &str, leader_id: Option<&str>) -> JoinOutcome {
     let leader_id = leader_id.or(group.leader_id.as_deref()).unwrap_or_default();
     JoinOutcome {
@@ -247,7 +247,7 @@ impl Inner {
             protocol_type: req.protocol_type.as_str().to_string(),
             protocols,
             session_timeout_ms,
-            // v0 has no rebalance timeout; the session timeout stands in for it.
+            // v0 has no rebalance timeout, so the session timeout is used instead.
             rebalance_timeout_ms: if version == 0 || req.rebalance_timeout_ms <= 0 {
                 session_timeout_ms
             } else {
@@ -549,7 +549,7 @@ pub(super) fn validate_current_member(
     }
 }
 
-/// Whether a member that is not yet in the group may join it.
+/// Checks whether a member that is not yet in the group may join it.
 fn accepts_new_member(cx: &Cx, group: &Group) -> bool {
     let max = cx.config.group_max_size;
     match group.state {
@@ -713,7 +713,7 @@ fn update_member_and_rebalance(
     member.protocols = params.protocols;
     member.rebalance_timeout_ms = params.rebalance_timeout_ms;
     member.session_timeout_ms = params.session_timeout_ms;
-    // One outstanding JoinGroup per member: an older one is answered now.
+    // One outstanding JoinGroup per member: an older one gets REBALANCE_IN_PROGRESS now.
     member.complete_join(JoinOutcome::error(
         params.member_id.clone(),
         ResponseError::RebalanceInProgress,
@@ -724,8 +724,8 @@ fn update_member_and_rebalance(
     receiver
 }
 
-/// A static member rejoined with an unknown member id: it replaces its old
-/// member id, keeping its assignment.
+/// Gives a static member that rejoined without its member id a new id in
+/// place of the old one. The member keeps its assignment.
 fn rejoin_static_member(
     cx: &mut Cx,
     group: &mut Group,
@@ -1015,7 +1015,7 @@ fn elect_joined_leader(group: &mut Group) -> bool {
     }
 }
 
-/// Stores the leader's assignments, answers every waiting SyncGroup and makes the group Stable.
+/// Stores the leader's assignments, completes every waiting SyncGroup and makes the group Stable.
 fn propagate_assignment(cx: &mut Cx, group: &mut Group, assignments: &HashMap<&str, &Bytes>) {
     let protocol_type = group.protocol_type.clone();
     let protocol_name = group.protocol_name.clone();

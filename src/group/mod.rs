@@ -2,7 +2,7 @@
 //! and the producer-id allocator behind InitProducerId.
 //!
 //! Each shard runs one [`GroupCoordinator`] for the groups whose id hashes to
-//! it; the protocol layer routes requests and answers NOT_COORDINATOR for the
+//! it; the protocol layer routes requests and returns NOT_COORDINATOR for the
 //! rest. The coordinator is `!Send`: a cheap `Rc` handle cloned into the
 //! shard's connection tasks.
 //!
@@ -12,29 +12,29 @@
 //! Stable`, and back to `PreparingRebalance` whenever a member joins, leaves,
 //! changes its protocols or misses its session timeout. While preparing, each
 //! JoinGroup waits until every known member has rejoined or the largest
-//! rebalance timeout passes; members that did not rejoin are dropped (static
-//! members are kept). Completing the join bumps the generation, selects the
+//! rebalance timeout passes. Dynamic members that did not rejoin are dropped,
+//! static members are kept. Completing the join bumps the generation, selects the
 //! protocol every member supports (by vote over the members' preference
-//! order) and answers all waiting joins; the leader alone receives the member
-//! list. The leader's SyncGroup carries the assignments, which answer every
+//! order) and completes all waiting joins. Only the leader receives the member
+//! list. The leader's SyncGroup carries the assignments, which complete every
 //! waiting SyncGroup and make the group Stable. Members that never send
 //! SyncGroup within the rebalance timeout are removed.
 //!
 //! JoinGroup v4+ with an empty member id gets MEMBER_ID_REQUIRED and a fresh
-//! id first. Static members (`group.instance.id`) skip that round trip; a
+//! id first. Static members (`group.instance.id`) skip that round trip. A
 //! static member that rejoins with an unknown member id takes over the old
 //! member's place and assignment, and the old id gets FENCED_INSTANCE_ID.
 //!
 //! Timers are tasks that sleep until a deadline: one per member for its
 //! session, one per scheduled rebalance or sync deadline. A heartbeat only
-//! moves the member's deadline forward; the member's timer task notices the
-//! change when it wakes.
+//! moves the member's deadline forward, and the member's timer task notices
+//! the change when it wakes.
 //!
 //! # Persistence
 //!
 //! Committed offsets, offset and group deletions and group state changes go
 //! to an append-only journal (see `journal.rs`), group-committed with
-//! fdatasync before OffsetCommit or DeleteGroups is answered, and replayed at
+//! fdatasync before OffsetCommit or DeleteGroups responds, and replayed at
 //! open. Group membership itself is not persisted: after a restart every group
 //! is Empty and its members rejoin, which the clients do on UNKNOWN_MEMBER_ID.
 
@@ -170,7 +170,7 @@ struct Inner {
     retention_task: Option<Task<()>>,
 }
 
-/// What the membership and offset logic needs besides the group itself.
+/// Context the membership and offset logic need besides the group itself.
 struct Cx<'a> {
     config: &'a GroupConfig,
     journal: &'a mut Journal,
@@ -283,7 +283,7 @@ impl GroupCoordinator {
         Ok(GroupCoordinator { inner })
     }
 
-    /// Makes OffsetCommit answer UNKNOWN_TOPIC_OR_PARTITION for partitions the
+    /// Makes OffsetCommit return UNKNOWN_TOPIC_OR_PARTITION for partitions the
     /// predicate rejects. Without one, every partition is accepted.
     pub fn set_partition_validator(&self, validator: impl Fn(&str, i32) -> bool + 'static) {
         self.inner.borrow_mut().partition_validator = Some(Rc::new(validator));
@@ -304,8 +304,8 @@ impl GroupCoordinator {
     }
 
     /// Stops the coordinator: waiting JoinGroup and SyncGroup requests get
-    /// NOT_COORDINATOR, queued journal writes finish, and later requests are
-    /// answered NOT_COORDINATOR.
+    /// NOT_COORDINATOR, queued journal writes finish, and later requests get
+    /// NOT_COORDINATOR.
     pub async fn close(&self) {
         let idle = {
             let mut inner = self.inner.borrow_mut();
@@ -382,7 +382,7 @@ impl Inner {
         (group, cx)
     }
 
-    /// Answers every waiting JoinGroup and SyncGroup with NOT_COORDINATOR.
+    /// Completes every waiting JoinGroup and SyncGroup with NOT_COORDINATOR.
     fn fail_waiting_requests(&mut self) {
         use kafka_protocol::error::ResponseError;
         for group in self.groups.values_mut() {
@@ -414,7 +414,7 @@ impl Inner {
         }
         if !records.is_empty() {
             // Durable in the background; a crash before that only repeats this step.
-            let _ = self.append_records(records);
+            drop(self.append_records(records));
         }
     }
 }

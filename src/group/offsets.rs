@@ -34,7 +34,7 @@ struct CommitPlan {
 }
 
 impl GroupCoordinator {
-    /// Handles OffsetCommit v2-v9. Answers after the commit is durable.
+    /// Handles OffsetCommit v2-v9. Responds after the commit is durable.
     pub async fn offset_commit(
         &self,
         req: OffsetCommitRequest,
@@ -201,7 +201,7 @@ fn fetched_topics_v8(fetched: Vec<FetchedTopic>) -> Vec<OffsetFetchResponseTopic
         .collect()
 }
 
-/// Why an OffsetCommit is rejected as a whole, or None to accept it.
+/// Returns the error that rejects an OffsetCommit as a whole, or None to accept it.
 fn validate_offset_commit(
     group: &Group,
     generation_id: i32,
@@ -215,7 +215,7 @@ fn validate_offset_commit(
         return validate_current_member(group, member_id, instance_id, Some(generation_id));
     }
     // Generation -1 and no member: an admin client or a consumer that assigns
-    // partitions itself, which may only commit while nobody else is a member.
+    // partitions itself, which may only commit while the group has no members.
     if !group.is(GroupState::Empty) {
         return Some(ResponseError::UnknownMemberId);
     }
@@ -375,8 +375,8 @@ impl Inner {
     }
 
     /// Applies one journal record to the in-memory state. At replay the
-    /// record rebuilds the state; for a live write the membership state is
-    /// already current and only the stored offsets and byte counts change.
+    /// records rebuild the whole state. After a live write the membership
+    /// state is already current, so only stored offsets and byte counts change.
     pub(super) fn apply_record(&mut self, record: Record, frame_bytes: u32, mode: ApplyMode) {
         let journal = &mut self.journal;
         match record {

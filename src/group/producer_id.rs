@@ -95,7 +95,7 @@ impl ProducerIdAllocator {
     /// handed out, with its current epoch, gets the same id with the next
     /// epoch (a new id once the epoch is exhausted).
     ///
-    /// NOTE: Kafka answers every non-transactional request with a new id;
+    /// NOTE: Kafka responds to every non-transactional request with a new id;
     /// keeping the id only differs in which producer state the partitions
     /// keep. Without a record of each id's epoch, a request naming an older
     /// epoch is not rejected with PRODUCER_FENCED either.

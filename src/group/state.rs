@@ -139,7 +139,7 @@ impl Member {
             .unwrap_or_default()
     }
 
-    /// Answers a waiting JoinGroup, if any.
+    /// Completes the waiting JoinGroup, if any.
     pub(super) fn complete_join(&mut self, outcome: JoinOutcome) {
         if let Some(sender) = self.awaiting_join.take() {
             // The requester may have gone away; its response is then dropped.
@@ -147,7 +147,7 @@ impl Member {
         }
     }
 
-    /// Answers a waiting SyncGroup, if any.
+    /// Completes the waiting SyncGroup, if any.
     pub(super) fn complete_sync(&mut self, outcome: SyncOutcome) {
         if let Some(sender) = self.awaiting_sync.take() {
             let _ = sender.send(outcome);
@@ -341,7 +341,7 @@ impl Group {
         self.pending_members.is_empty() && self.awaiting_join_count() == self.members.len()
     }
 
-    /// The largest rebalance timeout among the members: how long a rebalance waits.
+    /// Returns the largest rebalance timeout among the members, which bounds how long a rebalance waits.
     pub(super) fn rebalance_timeout_ms(&self) -> i32 {
         self.members
             .values()

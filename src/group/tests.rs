@@ -646,7 +646,7 @@ fn join_sync_round_with_member_id_required() {
 }
 
 #[test]
-fn join_before_v4_needs_no_member_id_round_trip() {
+fn join_v3_assigns_member_id() {
     run(|dir| async move {
         let coordinator = open(&dir, test_config()).await;
         let joined = join(&coordinator, &JoinSpec::new("g"), 3).await;
@@ -1585,7 +1585,7 @@ fn journal_is_compacted() {
     });
 }
 
-/// A clock the test moves by hand.
+/// Creates a clock that the test moves by hand.
 fn manual_clock(start_ms: i64) -> (Rc<Cell<i64>>, Clock) {
     let now = Rc::new(Cell::new(start_ms));
     let reader = now.clone();
@@ -1918,7 +1918,7 @@ fn every_version_encodes() {
 }
 
 #[test]
-fn retention_of_group_active_at_shutdown_counts_from_first_restart() {
+fn retention_after_unclean_shutdown() {
     run(|dir| async move {
         const START_MS: i64 = 7_000_000;
         const RETENTION_MS: i64 = 60_000;
