@@ -300,6 +300,14 @@ impl Inner {
         if group.is(GroupState::Dead) {
             return reject(ResponseError::CoordinatorNotAvailable);
         }
+        let member_id = req.member_id.as_str();
+        let instance_id = req.group_instance_id.as_ref().map(|id| id.as_str());
+        if let Some(error) =
+            validate_current_member(group, member_id, instance_id, Some(req.generation_id))
+        {
+            return reject(error);
+        }
+        // SyncGroup v5+ names the protocol the member expects.
         let type_matches = req
             .protocol_type
             .as_ref()
@@ -310,13 +318,6 @@ impl Inner {
             .is_none_or(|value| group.protocol_name.as_deref() == Some(value.as_str()));
         if !type_matches || !name_matches {
             return reject(ResponseError::InconsistentGroupProtocol);
-        }
-        let member_id = req.member_id.as_str();
-        let instance_id = req.group_instance_id.as_ref().map(|id| id.as_str());
-        if let Some(error) =
-            validate_current_member(group, member_id, instance_id, Some(req.generation_id))
-        {
-            return reject(error);
         }
 
         match group.state {

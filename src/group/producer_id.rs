@@ -376,6 +376,34 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_allocations_stay_unique() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().to_path_buf();
+        block_on(async move {
+            // Five reservations of four ids serve the twenty requests, within
+            // the retry bound of each request.
+            let config = ProducerIdConfig { block_size: 4 };
+            let allocator = ProducerIdAllocator::open(&path, config)
+                .await
+                .expect("open");
+            let tasks: Vec<_> = (0..20)
+                .map(|_| {
+                    let allocator = allocator.clone();
+                    runtime::spawn_local(async move { allocator.allocate().await })
+                })
+                .collect();
+            let mut ids = Vec::new();
+            for task in tasks {
+                ids.push(task.await.expect("allocation"));
+            }
+            ids.sort();
+            let expected: Vec<i64> = (0..20).collect();
+            assert_eq!(ids, expected);
+            assert!(read_block_start(&path).expect("read") >= 20);
+        });
+    }
+
+    #[test]
     fn corrupt_state_file_is_an_error() {
         let dir = tempfile::tempdir().expect("temporary directory");
         std::fs::write(dir.path().join(FILE_NAME), b"WEIRPID1garbage!!!!!").expect("write");
