@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the code map and the invariants of each module.
 
 pub mod config;
+pub mod group;
 pub mod metadata;
 pub mod net;
 pub mod protocol;
