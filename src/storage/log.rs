@@ -522,3 +522,6 @@ fn segment_read(state: &LogState, offset: Offset) -> SegmentRead {
         end_bytes: segment.written_bytes,
     }
 }
+
+#[cfg(test)]
+mod tests;
