@@ -231,7 +231,7 @@ fn check_semantics(header: &BatchHeader) -> Result<(), BatchError> {
     }
     if header.records_count <= 0 {
         return Err(BatchError::InvalidRecord(format!(
-            "batch holds {} records, at least one is required",
+            "batch contains {} records, at least one is required",
             header.records_count
         )));
     }

@@ -1,7 +1,7 @@
 //! The hot-tail cache: the most recent batches of a partition, as stored.
 //!
 //! Every appended batch enters the cache as the same `Bytes` that the writer
-//! queues, so caching costs no copy. The cache always holds a contiguous run
+//! queues, so caching costs no copy. The cache always contains a contiguous run
 //! of batches that ends at the log end offset, evicting from the front once
 //! its size passes the limit, so a read at or after its first offset never
 //! needs the disk. Readers pass the high watermark and never see a batch

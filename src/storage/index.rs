@@ -8,14 +8,14 @@
 //!  .timeindex  [timestamp i64][relative offset u32]         12 bytes per entry
 //! ```
 //!
-//! An offset index entry `(o, p)` says that the batch whose base offset is
+//! An offset index entry `(o, p)` means that the batch whose base offset is
 //! `o` starts at byte `p` of the segment. One entry is added once more than
 //! `index.interval.bytes` of batches were written since the previous entry,
 //! so a lookup lands at most one interval (plus one batch) before the target.
 //! The first batch of a segment is at position 0 and has no entry.
 //!
 //! A time index entry `(t, o)` is added together with an offset index entry
-//! and says that every batch before offset `o` in the segment has a max
+//! and means that every batch before offset `o` in the segment has a max
 //! timestamp of at most `t`. Entries are added only when `t` grows, so the
 //! file stays sorted. To find the first batch whose max timestamp reaches a
 //! target, start at the last entry with `t` below the target.

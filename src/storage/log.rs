@@ -87,8 +87,8 @@ pub(crate) struct LogState {
     pub(crate) closed: bool,
 }
 
-/// What readers and the writer know about one segment. Only written data
-/// is described: queued batches are not part of any segment yet.
+/// Metadata of one segment's written data, shared by readers and the
+/// writer. Queued batches are not part of any segment yet.
 pub(crate) struct SegmentState {
     pub(crate) base_offset: Offset,
     pub(crate) file: Rc<DmaFile>,
@@ -111,8 +111,8 @@ pub(crate) struct QueuedBatch {
     pub(crate) append_time_ms: i64,
 }
 
-/// A failed write or sync. The log stops accepting appends after one; the
-/// error is kept so every waiter and caller can be answered with it.
+/// A failed write or sync. The log stops accepting appends after one, and
+/// the error is kept so that every waiter and caller gets it.
 #[derive(Debug, Clone)]
 pub(crate) struct Failure {
     op: &'static str,
@@ -228,7 +228,7 @@ pub(crate) async fn open(dir: &Path, config: LogConfig) -> Result<(Rc<LogShared>
 }
 
 impl LogShared {
-    /// The error to answer an operation on a failed or closed log with.
+    /// Returns the error for an operation on a failed or closed log.
     fn unavailable(&self, state: &LogState) -> Option<StorageError> {
         if let Some(failure) = &state.failure {
             return Some(failure.to_error());

@@ -214,7 +214,7 @@ impl PartitionLog {
         self.handle.shared.written.get()
     }
 
-    /// One past the last offset covered by a completed fdatasync.
+    /// Returns one past the last offset covered by a completed fdatasync.
     pub fn durable_offset(&self) -> Offset {
         self.handle.shared.durable.get()
     }

@@ -8,7 +8,7 @@
 //! - an epoch older than the stored one is fenced (`ProducerFenced`);
 //! - a newer epoch must start at sequence 0 and replaces the stored state;
 //! - in the same epoch, a batch whose sequence range equals one of the stored
-//!   batches is a retry: it is answered with the original offsets and not
+//!   batches is a retry: the original offsets are returned and nothing is
 //!   appended again;
 //! - otherwise its first sequence must follow the last stored sequence,
 //!   wrapping from `i32::MAX` to 0 (`OutOfOrderSequence`).
@@ -36,7 +36,7 @@ pub(crate) struct BatchMetadata {
     pub(crate) last_offset: Offset,
 }
 
-/// What to do with a batch after the sequence check.
+/// Outcome of the sequence check of one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SequenceCheck {
     /// New data: append it.
@@ -147,7 +147,7 @@ impl ProducerStateTable {
     }
 }
 
-/// The sequence that follows `sequence`, wrapping from `i32::MAX` to 0.
+/// Returns the sequence after `sequence`, wrapping from `i32::MAX` to 0.
 pub(crate) fn next_sequence(sequence: i32) -> i32 {
     if sequence == i32::MAX {
         0

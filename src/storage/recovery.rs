@@ -111,7 +111,7 @@ impl SegmentBuild {
     }
 }
 
-/// Where a scan stopped early.
+/// The first invalid batch a scan met.
 struct InvalidTail {
     position: FilePos,
     reason: String,

@@ -19,7 +19,7 @@ use std::path::Path;
 use super::segment::{self, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
 use super::{Offset, StorageError};
 
-/// What retention needs to know about a segment.
+/// Size and age of one segment, as retention sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SegmentSummary {
     pub(crate) size_bytes: u64,

@@ -1,6 +1,6 @@
 //! Segment files and the direct I/O that reads and writes them.
 //!
-//! A partition directory holds one file triple per segment, named by the
+//! A partition directory contains one file triple per segment, named by the
 //! segment's base offset zero-padded to 20 digits:
 //!
 //! ```text
@@ -156,7 +156,7 @@ pub(crate) fn io_failure(op: &'static str, path: &Path, source: io::Error) -> St
     }
 }
 
-/// An error for data on disk that breaks the log's invariants.
+/// Builds the error for data on disk that breaks the log's invariants.
 pub(crate) fn corrupt_data(op: &'static str, path: &Path, message: String) -> StorageError {
     StorageError::Io {
         op,
@@ -185,7 +185,7 @@ where
     }
 }
 
-/// How [`open_direct`] treats an existing or missing file.
+/// File creation mode of [`open_direct`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OpenMode {
     /// The file must exist; its content is kept.
@@ -525,9 +525,10 @@ pub(crate) enum ScanItem {
 }
 
 /// Walks the batches of a segment file front to back through aligned
-/// windows, checking each batch the way recovery accepts one: length at
-/// least the header size and within the scanned range, magic 2, base offset
-/// equal to the next expected offset, and (when asked) a matching CRC32C.
+/// windows. Each batch is checked the way recovery accepts one. Its length
+/// is at least the header size and fits the scanned range, its magic is 2,
+/// its base offset is the next expected offset, and (when asked) its CRC32C
+/// matches.
 pub(crate) struct SegmentScan<'a> {
     file: &'a DmaFile,
     path: &'a Path,
@@ -605,7 +606,7 @@ impl<'a> SegmentScan<'a> {
             return invalid(format!("batch of {total_len} bytes extends past the end, {remaining} bytes left"));
         }
         // A batch of at least the minimum length within the range has a whole header.
-        let header = header.expect("a batch that fits holds a whole header");
+        let header = header.expect("a batch that fits the range contains a whole header");
 
         if header.magic != MAGIC_V2 {
             return invalid(format!("magic {} instead of {MAGIC_V2}", header.magic));
@@ -671,6 +672,9 @@ const COLD_READ_WINDOW_MIN_BYTES: usize = 64 << 10;
 /// `offset`: always the first batch, then more while they fit `max_bytes`.
 /// Returns the batches as one copied buffer sliced per batch, each checked
 /// for CRC32C and offset continuity.
+///
+/// NOTE: the aligned read buffer is copied once into `Bytes`, because
+/// `Bytes` needs a `Send` owner and the runtime's read buffers are not.
 pub(crate) async fn read_batches(
     read: &SegmentRead,
     align: DirectAlign,
@@ -806,6 +810,44 @@ mod tests {
         assert_eq!(align.up(4096), 4096);
         assert!(align.is_aligned(8192));
         assert!(!align.is_aligned(8193));
+    }
+
+    #[test]
+    fn no_space_is_its_own_error() {
+        let path = Path::new("/data/t-0/00000000000000000000.log");
+        let full = io_failure("write segment file", path, io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(matches!(full, StorageError::NoSpace { op: "write segment file", .. }));
+
+        let other = io_failure("write segment file", path, io::Error::from_raw_os_error(libc::EIO));
+        assert!(matches!(other, StorageError::Io { op: "write segment file", .. }));
+    }
+
+    #[test]
+    fn tmpfs_is_rejected_instead_of_buffered_io() {
+        crate::runtime::block_on(async {
+            let shm = Path::new("/dev/shm");
+            let on_tmpfs = is_tmpfs_mount(shm);
+            assert!(on_tmpfs, "this test needs /dev/shm on tmpfs to check the O_DIRECT refusal");
+            let dir = tempfile::tempdir_in(shm).unwrap();
+            let path = dir.path().join("segment.log");
+
+            let result = open_direct(&path, OpenMode::CreateEmpty).await;
+
+            match result {
+                Err(StorageError::Io { source, .. }) => assert_eq!(source.kind(), io::ErrorKind::Unsupported),
+                Err(other) => panic!("expected an unsupported O_DIRECT error, got {other}"),
+                Ok(_) => panic!("a tmpfs file opened as if it had O_DIRECT"),
+            }
+        });
+    }
+
+    /// True when `path` is the mount point of a tmpfs, per /proc/self/mounts.
+    fn is_tmpfs_mount(path: &Path) -> bool {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        mounts.lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 2 && Path::new(fields[1]) == path && fields[2] == "tmpfs"
+        })
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! The writer and syncer tasks of a partition log.
 //!
 //! The writer drains the append queue. Each turn it takes as many queued
-//! batches as fit one write (group commit) and stay in the active segment,
-//! writes them with one O_DIRECT write through the segment's appender, then
-//! publishes them: segment metadata and indexes first, then the written
-//! offset, which is the high watermark. It also rolls segments and, on
-//! close, seals the active one.
+//! batches as fit one write (group commit) and stay in the active segment.
+//! It writes them with one O_DIRECT write through the segment's appender,
+//! then publishes them: segment metadata and indexes first, then the
+//! written offset, which is the high watermark. It also rolls segments and,
+//! on close, seals the active one.
 //!
 //! Rolling seals the old segment (index files written, all three files cut
 //! to their logical size, the log fdatasynced) before the new segment's files
@@ -55,7 +55,7 @@ pub(crate) struct ActiveWriter {
     time_entries_written: usize,
 }
 
-/// What the writer does next.
+/// Next job of the writer task.
 enum Job {
     Idle,
     Write(Vec<QueuedBatch>),
@@ -307,6 +307,12 @@ fn publish(segment: &mut SegmentState, start: u64, batches: &[QueuedBatch], size
 async fn roll(shared: &LogShared, active: &mut ActiveWriter) -> Result<(), StorageError> {
     active.seal(shared).await?;
     let new_base_offset = shared.written.get();
+    let next_queued = shared.state.borrow().queue.front().map(|batch| batch.base_offset);
+    assert_eq!(
+        next_queued,
+        Some(new_base_offset),
+        "a roll starts the new segment at the first queued batch, written offset {new_base_offset}"
+    );
     let next = ActiveWriter::create(&shared.dir, &shared.config, shared.align, new_base_offset).await?;
     let old = std::mem::replace(active, next);
     let old_base_offset = old.base_offset;
