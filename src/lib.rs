@@ -2,8 +2,10 @@
 //!
 //! See ARCHITECTURE.md for the code map and the invariants of each module.
 
+pub mod alloc;
 pub mod client;
 pub mod config;
+pub mod group;
 pub mod metadata;
 pub mod net;
 pub mod protocol;
