@@ -147,30 +147,30 @@ struct RunArgs {
 #[derive(Args, Clone)]
 struct LimitsArgs {
     /// Directory for the O_DIRECT test file (must be on a disk filesystem).
-    #[arg(long = "limits-dir", default_value = ".")]
-    dir: PathBuf,
+    #[arg(long, default_value = ".")]
+    limits_dir: PathBuf,
     /// Bytes written and read in the disk tests.
-    #[arg(long = "limits-file-bytes", default_value_t = 1 << 30)]
-    file_bytes: u64,
+    #[arg(long, default_value_t = 1 << 30)]
+    limits_file_bytes: u64,
     /// fdatasync calls timed.
-    #[arg(long = "limits-sync-count", default_value_t = 200)]
-    sync_count: usize,
+    #[arg(long, default_value_t = 200)]
+    limits_sync_count: usize,
     /// Bytes sent in the loopback test.
-    #[arg(long = "limits-loopback-bytes", default_value_t = 4 << 30)]
-    loopback_bytes: u64,
+    #[arg(long, default_value_t = 4 << 30)]
+    limits_loopback_bytes: u64,
     /// Write the limits as JSON to this file (`limits` command only).
-    #[arg(long = "limits-json")]
-    json: Option<PathBuf>,
+    #[arg(long)]
+    limits_json: Option<PathBuf>,
 }
 
 impl LimitsArgs {
     fn measure(&self) -> Result<Limits> {
         limits::measure(
-            &self.dir,
+            &self.limits_dir,
             &LimitsConfig {
-                file_bytes: self.file_bytes,
-                sync_count: self.sync_count,
-                loopback_bytes: self.loopback_bytes,
+                file_bytes: self.limits_file_bytes,
+                sync_count: self.limits_sync_count,
+                loopback_bytes: self.limits_loopback_bytes,
             },
         )
     }
@@ -180,6 +180,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -209,7 +210,7 @@ fn run_limits(args: &LimitsArgs) -> Result<()> {
         sync.p50_ms, sync.p99_ms, sync.max_ms, sync.count
     );
     println!("loopback TCP:              {:.0} MB/s", limits.loopback_mb_per_sec);
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.limits_json {
         std::fs::write(path, serde_json::to_string_pretty(&limits)? + "\n")
             .with_context(|| format!("failed to write {}", path.display()))?;
     }
@@ -251,7 +252,7 @@ fn run(args: RunArgs) -> Result<()> {
         .context("failed to install the Ctrl-C handler")?;
 
     let limits = if args.limits {
-        eprintln!("measuring machine limits in {} ...", args.limits_args.dir.display());
+        eprintln!("measuring machine limits in {} ...", args.limits_args.limits_dir.display());
         Some(args.limits_args.measure()?)
     } else {
         None
@@ -375,4 +376,14 @@ fn run_with_broker(
         std::fs::write(path, plot).with_context(|| format!("failed to write {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_definition_is_valid() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }
