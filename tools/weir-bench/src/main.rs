@@ -7,10 +7,13 @@
 //! - `weir-bench limits` measures the disk and loopback limits the broker's
 //!   figures are compared with.
 //! - `weir-bench compare A.json B.json` puts two runs side by side.
+//! - `weir-bench encode` times the client's batch encoder against
+//!   kafka-protocol's.
 
 mod broker;
 mod config;
 mod limits;
+mod micro;
 mod report;
 mod runner;
 mod stats;
@@ -43,6 +46,18 @@ enum Command {
     Run(RunArgs),
     /// Measure sequential O_DIRECT write/read, fdatasync latency and loopback TCP bandwidth.
     Limits(LimitsArgs),
+    /// Time the client's batch encoder against kafka-protocol's, per codec.
+    Encode {
+        /// Record value size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        message_size: usize,
+        /// Records per batch.
+        #[arg(long, default_value_t = 128)]
+        records: usize,
+        /// Seconds spent timing each implementation and codec.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+    },
     /// Compare two JSON reports written by `run --json`.
     Compare {
         /// The baseline report.
@@ -187,6 +202,11 @@ fn main() {
         Command::Run(args) => run(args),
         Command::Limits(args) => run_limits(&args),
         Command::Compare { a, b } => run_compare(&a, &b),
+        Command::Encode {
+            message_size,
+            records,
+            seconds,
+        } => micro::print_all(message_size, records, std::time::Duration::from_secs_f64(seconds)),
     };
     if let Err(err) = result {
         eprintln!("weir-bench: {err:#}");
