@@ -2,7 +2,7 @@
 //!
 //! Partitions are assigned directly ([`Consumer::assign`]); there is no
 //! group membership or offset commit here. Each poll keeps one Fetch in
-//! flight per leader broker and returns as soon as any of them answers, so
+//! flight per leader broker and returns as soon as any of them responds, so
 //! an idle broker holding a long poll (`fetch.max.wait.ms`) does not delay
 //! data from a busy one. A response advances each partition's position
 //! past the last batch it returned.
@@ -39,7 +39,7 @@ pub struct ConsumerConfig {
     pub fetch_max_bytes: i32,
     /// `max.partition.fetch.bytes`: response size limit per partition.
     pub max_partition_fetch_bytes: i32,
-    /// Where to restart after OFFSET_OUT_OF_RANGE (`auto.offset.reset`).
+    /// Position to restart from after OFFSET_OUT_OF_RANGE (`auto.offset.reset`).
     pub reset_to: StartOffset,
     /// `check.crcs`: verify each fetched batch's CRC32C.
     pub check_crcs: bool,
@@ -58,7 +58,7 @@ impl Default for ConsumerConfig {
     }
 }
 
-/// Where an assigned partition starts.
+/// Starting position of an assigned partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartOffset {
     Earliest,
@@ -90,7 +90,7 @@ pub struct ConsumerRecord {
     pub headers: Vec<RecordHeader>,
 }
 
-/// What one poll returned: data, and the partition errors met on the way
+/// Result of one poll: data, and the partition errors met on the way
 /// (errors the consumer recovers from itself are not listed).
 #[derive(Debug, Default)]
 pub struct PollOutcome {
@@ -168,7 +168,7 @@ impl Consumer {
         }
     }
 
-    /// The next offset to fetch for a partition.
+    /// Returns the next offset to fetch for a partition.
     pub fn position(&self, topic: &str, partition: i32) -> Option<i64> {
         self.positions
             .iter()
@@ -176,7 +176,7 @@ impl Consumer {
             .map(|(_, offset)| *offset)
     }
 
-    /// Every assignment with its position.
+    /// Returns every assignment with its position.
     pub fn positions(&self) -> Vec<(Rc<str>, i32, i64)> {
         self.positions.iter().map(|((topic, partition), offset)| (topic.clone(), *partition, *offset)).collect()
     }

@@ -5,7 +5,7 @@
 //! type here is `!Send`, and a program that wants several cores runs one
 //! client per executor.
 //!
-//! - [`Client`] holds the cluster view (brokers and partition leaders from
+//! - [`Client`] keeps the cluster view (brokers and partition leaders from
 //!   Metadata) and one pipelined [`Connection`] per broker, and offers the
 //!   admin calls (CreateTopics, DeleteTopics, ListOffsets).
 //! - [`Producer`] batches records per partition (`batch.size`, `linger.ms`),

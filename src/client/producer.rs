@@ -48,7 +48,7 @@ const HEADER_OVERHEAD_BYTES_MAX: usize = 10;
 const REQUEST_OVERHEAD_BYTES: usize = 256;
 const PARTITION_OVERHEAD_BYTES: usize = 32;
 
-/// How many replicas must store a batch before the broker answers.
+/// How many replicas must store a batch before the broker responds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acks {
     /// acks=0: the broker sends no response; offsets are unknown (-1).
@@ -144,7 +144,7 @@ impl<'a> ProducerRecord<'a> {
     }
 }
 
-/// Where a record was stored.
+/// Partition and offset of a stored record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordMetadata {
     pub partition: i32,
@@ -234,7 +234,7 @@ pub struct DeliveryFuture {
 }
 
 impl DeliveryFuture {
-    /// The partition the record was appended to.
+    /// Returns the partition the record was appended to.
     pub fn partition(&self) -> i32 {
         self.partition
     }

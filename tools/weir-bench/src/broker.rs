@@ -24,8 +24,8 @@ pub struct BrokerProcess {
     _data_dir: tempfile::TempDir,
 }
 
-/// The default broker command: the `weir` binary next to `weir-bench`
-/// (or on PATH), two shards, an ephemeral loopback port.
+/// Returns the default broker command: the `weir` binary next to
+/// `weir-bench` (or on PATH) with `shards` shards on an ephemeral loopback port.
 pub fn default_command(shards: usize) -> String {
     let sibling = std::env::current_exe()
         .ok()

@@ -47,7 +47,7 @@ pub struct RunConfig {
     pub threads: usize,
     pub max_in_flight: usize,
     pub fetch_max_wait_ms: u64,
-    /// Longest wait for consumers to catch up after producers stop.
+    /// Maximum wait, in seconds, for consumers to catch up after producers stop.
     pub drain_secs: u64,
 }
 

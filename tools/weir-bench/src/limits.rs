@@ -1,9 +1,9 @@
 //! The machine's raw limits, measured in-process, so broker results can be
 //! read as fractions of what the disk and the loopback network allow:
 //!
-//! - sequential O_DIRECT writes and reads with the broker's I/O sizes
-//!   (appends flush at most 1 MiB per write; cold reads use up to 1 MiB
-//!   windows here);
+//! - sequential O_DIRECT writes and reads with the broker's I/O sizes.
+//!   The broker's appender writes at most 1 MiB at a time, and reads here
+//!   use 1 MiB windows;
 //! - fdatasync latency after a 4 KiB O_DIRECT write, the cost acks=all
 //!   pays per group commit;
 //! - loopback TCP bandwidth between two threads.

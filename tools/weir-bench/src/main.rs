@@ -143,7 +143,7 @@ struct RunArgs {
     /// Consumer fetch.max.wait.ms.
     #[arg(long)]
     fetch_max_wait_ms: Option<u64>,
-    /// Longest wait for consumers to catch up after producers stop, in seconds.
+    /// Maximum wait for consumers to catch up after producers stop, in seconds.
     #[arg(long)]
     drain_secs: Option<u64>,
     /// Write the report as JSON to this file.

@@ -188,7 +188,7 @@ impl Report {
         serde_json::from_str(&text).with_context(|| format!("{} is not a weir-bench JSON report", path.display()))
     }
 
-    /// The human-readable summary.
+    /// Formats the human-readable summary.
     pub fn summary(&self) -> String {
         let mut out = String::new();
         let config = &self.config;

@@ -61,7 +61,7 @@ pub struct Stage {
     pub print_progress: bool,
 }
 
-/// What a stage measured.
+/// Results of one stage.
 pub struct StageResult {
     /// Totals after warm-up.
     pub measured: Interval,
@@ -546,7 +546,7 @@ async fn consume(
         drop(stats);
 
         if producers_done && received == 0 && outcome.errors.is_empty() {
-            // Every leader answered an empty long poll: caught up.
+            // Every leader returned an empty long poll, so the consumer caught up.
             break;
         }
         yield_if_needed().await;

@@ -14,7 +14,7 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_MAX_MICROS, SIGNIFICANT_DIGITS).expect("valid histogram bounds")
 }
 
-/// What one thread observed during one interval.
+/// Counters and histograms of one thread for one interval.
 #[derive(Clone)]
 pub struct Interval {
     pub produced_messages: u64,

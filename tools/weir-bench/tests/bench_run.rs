@@ -89,7 +89,8 @@ fn short_run_counts_match_broker() {
     assert_eq!(number(&report, &["all_phases", "consumed_bytes"]), consumed * message_size);
 
     let measured = number(&report, &["produced", "messages"]);
-    assert!(measured > 0 && measured <= acknowledged);
+    assert!(measured > 0, "no message acknowledged after warm-up");
+    assert!(measured <= acknowledged, "{measured} measured > {acknowledged} in all phases");
     assert_eq!(number(&report, &["produce_latency", "count"]), measured, "one latency sample per acknowledged message");
     assert!(report["errors"].as_object().expect("errors map").is_empty(), "errors: {}", report["errors"]);
     assert!(number(&report, &["wire_sent_bytes"]) > acknowledged * message_size, "wire bytes include every payload");
