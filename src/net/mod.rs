@@ -77,11 +77,12 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
         let frame = match reader.next_frame().await {
             Ok(Some(frame)) => frame,
             Ok(None) => break None,
-            Err(err) => break Some(err.to_string()),
+            Err(FrameError::Io(err)) => break Some(Close::Peer(err.to_string())),
+            Err(err) => break Some(Close::Invalid(err.to_string())),
         };
         // Bounded memory: wait until the shard's request byte budget has room.
         let Ok(permit) = shard.request_bytes.acquire_static_permit(frame.len() as u64).await else {
-            break Some("shard is stopping".to_string());
+            break Some(Close::Peer("shard is stopping".to_string()));
         };
         let request = match protocol::decode_request(frame) {
             Ok(request) => request,
@@ -90,20 +91,26 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
                 Ok(reply) => {
                     let task = runtime::spawn_local(async move { Some(reply) });
                     if queue.send(task).await.is_err() {
-                        break Some("writer stopped".to_string());
+                        break Some(Close::Peer("writer stopped".to_string()));
                     }
                     continue;
                 }
-                Err(message) => break Some(message),
+                Err(message) => break Some(Close::Invalid(message)),
             },
         };
         let task = spawn_handler(shard.clone(), request, permit, peer);
         if queue.send(task).await.is_err() {
-            break Some("writer stopped".to_string());
+            break Some(Close::Peer("writer stopped".to_string()));
         }
     };
-    if let Some(reason) = &close_reason {
-        tracing::warn!(target: "weir::net", shard = shard.id, peer = ?peer, reason = %reason, "closing connection");
+    match &close_reason {
+        Some(Close::Invalid(reason)) => {
+            tracing::warn!(target: "weir::net", shard = shard.id, peer = ?peer, reason = %reason, "closing connection after invalid input");
+        }
+        Some(Close::Peer(reason)) => {
+            tracing::debug!(target: "weir::net", shard = shard.id, peer = ?peer, reason = %reason, "closing connection");
+        }
+        None => {}
     }
 
     drop(queue);
@@ -111,6 +118,14 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
         tracing::debug!(target: "weir::net", shard = shard.id, peer = ?peer, error = %err, "write failed");
     }
     tracing::debug!(target: "weir::net", shard = shard.id, peer = ?peer, "connection closed");
+}
+
+/// Why the reader stopped.
+enum Close {
+    /// The client sent something that is not a valid request.
+    Invalid(String),
+    /// The socket failed or the connection is being torn down.
+    Peer(String),
 }
 
 fn spawn_handler(
