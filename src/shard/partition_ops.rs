@@ -17,6 +17,9 @@ use crate::storage::{batch, BatchError, PartitionLog, StorageError};
 /// Most partitions a topic may have; bounds the work one CreateTopics can ask for.
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
 
+/// Unwritten bytes a partition may queue before produce requests wait for its writer.
+pub const PARTITION_QUEUE_MAX_BYTES: usize = 16 * 1024 * 1024;
+
 /// Current wall-clock time in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64)
@@ -119,6 +122,16 @@ impl Shard {
                 return fail(batch_error_code(&err), err.to_string());
             }
         };
+
+        // Backpressure: while a partition has more unwritten bytes queued than
+        // the limit, wait for the writer before queueing more. This bounds
+        // memory for acks=0 producers, who never wait on their own.
+        if log.queued_bytes() > PARTITION_QUEUE_MAX_BYTES {
+            let queued_end = log.log_end_offset() - 1;
+            if let Err(err) = log.wait_written(queued_end).await {
+                return fail(storage_error_code(&err), err.to_string());
+            }
+        }
 
         let now = now_ms();
         let mut first: Option<crate::storage::AppendInfo> = None;
