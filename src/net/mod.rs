@@ -10,6 +10,7 @@
 //! than `connection.max.in.flight.requests` requests stops being read.
 
 mod frame;
+mod log_limit;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -30,6 +31,11 @@ pub use frame::{FrameError, FrameReader};
 /// Responses smaller than this are copied into one buffer before writing;
 /// larger payload slices are written from where they are stored.
 const WRITE_COALESCE_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    /// Per-shard limit on warnings about invalid input: ten a second.
+    static INVALID_INPUT_LOG: log_limit::LogLimit = const { log_limit::LogLimit::new(Duration::from_secs(1), 10) };
+}
 
 /// Accepts connections on `listener` until the task is dropped.
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
@@ -105,7 +111,10 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     };
     match &close_reason {
         Some(Close::Invalid(reason)) => {
-            tracing::warn!(target: "weir::net", shard = shard.id, peer = ?peer, reason = %reason, "closing connection after invalid input");
+            if let Some(suppressed) = INVALID_INPUT_LOG.with(|limit| limit.allow(std::time::Instant::now())) {
+                tracing::warn!(target: "weir::net", shard = shard.id, peer = ?peer, reason = %reason, suppressed,
+                    "closing connection after invalid input");
+            }
         }
         Some(Close::Peer(reason)) => {
             tracing::debug!(target: "weir::net", shard = shard.id, peer = ?peer, reason = %reason, "closing connection");
