@@ -72,11 +72,9 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     let writer_task = runtime::spawn_local(async move {
         while let Some(task) = pending.recv().await {
             let Some(chunks) = task.await else { continue };
-            if let Err(err) = write_chunks(&mut writer, &chunks).await {
-                return Err(err);
-            }
+            write_chunks(&mut writer, &chunks).await?;
         }
-        Ok(())
+        Ok::<(), std::io::Error>(())
     });
 
     let close_reason = loop {

@@ -281,7 +281,7 @@ mod tests {
         let mut frame = joined.freeze();
         let length = i32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
         assert_eq!(length, frame.len() - 4);
-        let _ = bytes::Buf::advance(&mut frame, 4);
+        bytes::Buf::advance(&mut frame, 4);
         let header_version = if version >= FIRST_FLEXIBLE_VERSION { 1 } else { 0 };
         let header = ResponseHeader::decode(&mut frame, header_version).expect("header");
         assert_eq!(header.correlation_id, 42);
