@@ -67,8 +67,9 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     let mut reader = FrameReader::new(StreamHalf(stream.clone()), shard.config.socket_request_max_bytes);
     let mut writer = StreamHalf(stream.clone());
 
-    let (queue, pending) =
-        runtime::local_bounded_channel::<runtime::Task<Option<Vec<Bytes>>>>(shard.config.connection_max_in_flight_requests.max(1));
+    let (queue, pending) = runtime::local_bounded_channel::<runtime::Task<Option<Vec<Bytes>>>>(
+        shard.config.connection_max_in_flight_requests.max(1),
+    );
     let writer_task = runtime::spawn_local(async move {
         while let Some(task) = pending.recv().await {
             let Some(chunks) = task.await else { continue };

@@ -81,6 +81,9 @@ impl Shard {
                 self.apply_metadata(&changes).await;
                 let _ = reply.send(());
             }
+            ShardMessage::GroupRequest { body, version, client, reply } => {
+                let _ = reply.send(crate::protocol::handle_forwarded_group_request(self, body, version, client).await);
+            }
             ShardMessage::InitProducerId { request, version, reply } => {
                 let response = match &self.producer_ids {
                     Some(allocator) => allocator.init_producer_id(request, version).await,
@@ -208,7 +211,11 @@ impl Shard {
 
     async fn list_offset_local(&self, topic: &str, partition: i32, timestamp: i64) -> ListOffsetOutcome {
         let Some(log) = self.local_log(topic, partition) else {
-            return ListOffsetOutcome { error_code: ResponseError::UnknownTopicOrPartition.code(), offset: -1, timestamp: -1 };
+            return ListOffsetOutcome {
+                error_code: ResponseError::UnknownTopicOrPartition.code(),
+                offset: -1,
+                timestamp: -1,
+            };
         };
         match timestamp {
             // Earliest.
@@ -312,9 +319,7 @@ impl Shard {
         debug_assert_eq!(self.id, 0, "only shard 0 changes metadata");
         let data_dir = self.config.data_dir.clone();
         let to_write = changes.clone();
-        runtime::spawn_blocking(move || metadata::append(&data_dir, &to_write))
-            .await
-            .map_err(|err| err.to_string())?;
+        runtime::spawn_blocking(move || metadata::append(&data_dir, &to_write)).await.map_err(|err| err.to_string())?;
         for shard in 0..self.count {
             let changes = changes.clone();
             self.call(shard, |reply| ShardMessage::ApplyMetadata { changes, reply }).await;
@@ -328,7 +333,8 @@ impl Shard {
         let mut seen = std::collections::HashSet::new();
         for spec in topics {
             let mut result = TopicResult { name: spec.name.clone(), ..Default::default() };
-            let partition_count = if spec.partition_count == -1 { self.config.num_partitions } else { spec.partition_count };
+            let partition_count =
+                if spec.partition_count == -1 { self.config.num_partitions } else { spec.partition_count };
             let check = self.check_new_topic(&spec, partition_count, &mut seen);
             match check {
                 Err((code, message)) => {
@@ -381,7 +387,8 @@ impl Shard {
         partition_count: i32,
         seen: &mut std::collections::HashSet<String>,
     ) -> Result<(), (i16, String)> {
-        metadata::validate_topic_name(&spec.name).map_err(|message| (ResponseError::InvalidTopicException.code(), message))?;
+        metadata::validate_topic_name(&spec.name)
+            .map_err(|message| (ResponseError::InvalidTopicException.code(), message))?;
         if self.metadata.borrow().topics.contains_key(&spec.name) || !seen.insert(spec.name.clone()) {
             return Err((ResponseError::TopicAlreadyExists.code(), format!("topic `{}` already exists", spec.name)));
         }
@@ -448,8 +455,9 @@ impl Shard {
                 }
                 Some(current) if count <= current || count > PARTITIONS_PER_TOPIC_MAX => {
                     result.error_code = ResponseError::InvalidPartitions.code();
-                    result.error_message =
-                        Some(format!("topic `{name}` has {current} partitions; the new count must be larger, got {count}"));
+                    result.error_message = Some(format!(
+                        "topic `{name}` has {current} partitions; the new count must be larger, got {count}"
+                    ));
                 }
                 Some(_) => {
                     if !validate_only {
