@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::Broker;
 use weir::client::{
-    Acks, Client, ClientConfig, Compression, Consumer, ConsumerConfig, ConsumerRecord, NewTopic, OffsetSpec,
-    Producer, ProducerConfig, ProducerRecord, RecordHeader, StartOffset,
+    Acks, Client, ClientConfig, Compression, Consumer, ConsumerConfig, ConsumerRecord, NewTopic, OffsetSpec, Producer,
+    ProducerConfig, ProducerRecord, RecordHeader, StartOffset,
 };
 use weir::runtime::block_on;
 
@@ -33,12 +33,7 @@ fn record_value(index: usize) -> Vec<u8> {
 async fn create_topic(client: &Client, name: &str) {
     let results = client
         .create_topics(
-            &[NewTopic {
-                name: name.to_string(),
-                partitions: PARTITIONS,
-                replication_factor: 1,
-                configs: vec![],
-            }],
+            &[NewTopic { name: name.to_string(), partitions: PARTITIONS, replication_factor: 1, configs: vec![] }],
             Duration::from_secs(10),
         )
         .await
@@ -68,10 +63,7 @@ async fn produce_all(
         let key = format!("key-{}", index % 17).into_bytes();
         let value = record_value(index);
         let header_value = format!("h{index}").into_bytes();
-        let headers = [RecordHeader {
-            key: "index".to_string(),
-            value: Some(Bytes::from(header_value.clone())),
-        }];
+        let headers = [RecordHeader { key: "index".to_string(), value: Some(Bytes::from(header_value.clone())) }];
         let timestamp_ms = 1_700_000_000_000 + index as i64;
         let delivery = producer
             .send(ProducerRecord {
@@ -84,15 +76,7 @@ async fn produce_all(
             })
             .await
             .expect("send");
-        deliveries.push((
-            delivery,
-            Sent {
-                key,
-                value,
-                timestamp_ms,
-                header_value,
-            },
-        ));
+        deliveries.push((delivery, Sent { key, value, timestamp_ms, header_value }));
     }
     producer.flush().await;
     assert_eq!(producer.outstanding_batches(), 0);

@@ -75,9 +75,9 @@ pub fn parse_compression(name: &str) -> Result<Compression, ClientError> {
         "snappy" => Ok(Compression::Snappy),
         "lz4" => Ok(Compression::Lz4),
         "zstd" => Ok(Compression::Zstd),
-        other => Err(ClientError::Config(format!(
-            "invalid compression {other:?}; expected none, gzip, snappy, lz4 or zstd"
-        ))),
+        other => {
+            Err(ClientError::Config(format!("invalid compression {other:?}; expected none, gzip, snappy, lz4 or zstd")))
+        }
     }
 }
 
@@ -115,13 +115,7 @@ impl BatchBuilder {
     pub fn new(compression: Compression, capacity_bytes: usize) -> BatchBuilder {
         let mut buf = BytesMut::with_capacity(capacity_bytes.max(BATCH_HEADER_BYTES));
         buf.put_bytes(0, BATCH_HEADER_BYTES);
-        BatchBuilder {
-            buf,
-            compression,
-            record_count: 0,
-            first_timestamp_ms: 0,
-            max_timestamp_ms: i64::MIN,
-        }
+        BatchBuilder { buf, compression, record_count: 0, first_timestamp_ms: 0, max_timestamp_ms: i64::MIN }
     }
 
     /// Number of records appended so far.
@@ -153,13 +147,7 @@ impl BatchBuilder {
 
     /// Appends one record. Its offset delta is its position in the batch and
     /// its timestamp delta is relative to the first record's timestamp.
-    pub fn append(
-        &mut self,
-        timestamp_ms: i64,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        headers: &[RecordHeader],
-    ) {
+    pub fn append(&mut self, timestamp_ms: i64, key: Option<&[u8]>, value: Option<&[u8]>, headers: &[RecordHeader]) {
         if self.record_count == 0 {
             self.first_timestamp_ms = timestamp_ms;
         }
@@ -187,13 +175,7 @@ impl BatchBuilder {
     /// and computes the CRC. The batch carries no producer id, so it is
     /// neither idempotent nor transactional.
     pub fn build(self) -> Result<Bytes, ClientError> {
-        let BatchBuilder {
-            mut buf,
-            compression,
-            record_count,
-            first_timestamp_ms,
-            max_timestamp_ms,
-        } = self;
+        let BatchBuilder { mut buf, compression, record_count, first_timestamp_ms, max_timestamp_ms } = self;
         if record_count == 0 {
             return Err(ClientError::Config("cannot build an empty record batch".into()));
         }
@@ -204,9 +186,8 @@ impl BatchBuilder {
         }
 
         let batch_length = buf.len() - BATCH_LOG_OVERHEAD_BYTES;
-        let batch_length = i32::try_from(batch_length).map_err(|_| {
-            ClientError::Config(format!("record batch of {batch_length} bytes exceeds i32"))
-        })?;
+        let batch_length = i32::try_from(batch_length)
+            .map_err(|_| ClientError::Config(format!("record batch of {batch_length} bytes exceeds i32")))?;
         let header = &mut buf[..BATCH_HEADER_BYTES];
         (&mut header[0..LENGTH_OFFSET]).put_i64(0);
         (&mut header[LENGTH_OFFSET..]).put_i32(batch_length);
@@ -233,11 +214,7 @@ impl BatchBuilder {
         value: Option<&[u8]>,
         headers: &[RecordHeader],
     ) -> usize {
-        let first_timestamp_ms = if self.record_count == 0 {
-            timestamp_ms
-        } else {
-            self.first_timestamp_ms
-        };
+        let first_timestamp_ms = if self.record_count == 0 { timestamp_ms } else { self.first_timestamp_ms };
         let mut size = 1
             + varint_bytes(timestamp_ms - first_timestamp_ms)
             + varint_bytes(self.record_count as i64)
@@ -312,10 +289,7 @@ impl RawBatch {
         let mut bytes = self.bytes.clone();
         RecordBatchDecoder::decode(&mut bytes)
             .map(|set| set.records)
-            .map_err(|err| ClientError::CorruptBatch {
-                offset: self.base_offset,
-                message: err.to_string(),
-            })
+            .map_err(|err| ClientError::CorruptBatch { offset: self.base_offset, message: err.to_string() })
     }
 }
 
@@ -414,13 +388,8 @@ mod tests {
     use kafka_protocol::protocol::StrBytes;
     use kafka_protocol::records::{RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
-    const ALL_COMPRESSIONS: [Compression; 5] = [
-        Compression::None,
-        Compression::Gzip,
-        Compression::Snappy,
-        Compression::Lz4,
-        Compression::Zstd,
-    ];
+    const ALL_COMPRESSIONS: [Compression; 5] =
+        [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd];
 
     struct Input {
         timestamp_ms: i64,

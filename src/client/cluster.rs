@@ -157,15 +157,10 @@ impl Client {
     /// Leader node id of a partition from the cached metadata.
     pub fn leader(&self, topic: &str, partition: i32) -> Result<i32, ClientError> {
         let topics = self.inner.topics.borrow();
-        let no_leader = || ClientError::NoLeader {
-            topic: topic.to_string(),
-            partition,
-        };
+        let no_leader = || ClientError::NoLeader { topic: topic.to_string(), partition };
         let metadata = topics.get(topic).ok_or_else(no_leader)?;
-        let partition_metadata = usize::try_from(partition)
-            .ok()
-            .and_then(|index| metadata.partitions.get(index))
-            .ok_or_else(no_leader)?;
+        let partition_metadata =
+            usize::try_from(partition).ok().and_then(|index| metadata.partitions.get(index)).ok_or_else(no_leader)?;
         if partition_metadata.leader < 0 {
             return Err(no_leader());
         }
@@ -190,10 +185,7 @@ impl Client {
     pub async fn refresh_metadata(&self, topics: Option<&[&str]>) -> Result<(), ClientError> {
         let request = MetadataRequest::default()
             .with_topics(topics.map(|names| {
-                names
-                    .iter()
-                    .map(|name| MetadataRequestTopic::default().with_name(Some(topic_name(name))))
-                    .collect()
+                names.iter().map(|name| MetadataRequestTopic::default().with_name(Some(topic_name(name)))).collect()
             }))
             .with_allow_auto_topic_creation(self.inner.config.allow_auto_topic_creation);
         let connection = self.any_connection().await?;
@@ -218,7 +210,8 @@ impl Client {
         // A broker whose address changed gets a new connection.
         {
             let mut connections = self.inner.connections.borrow_mut();
-            connections.retain(|node_id, connection| brokers.get(node_id).is_some_and(|addr| addr == connection.addr()));
+            connections
+                .retain(|node_id, connection| brokers.get(node_id).is_some_and(|addr| addr == connection.addr()));
         }
         *self.inner.brokers.borrow_mut() = brokers;
 
@@ -265,13 +258,7 @@ impl Client {
                 return Ok(connection.clone());
             }
         }
-        let addr = self
-            .inner
-            .brokers
-            .borrow()
-            .get(&node_id)
-            .cloned()
-            .ok_or(ClientError::UnknownBroker { node_id })?;
+        let addr = self.inner.brokers.borrow().get(&node_id).cloned().ok_or(ClientError::UnknownBroker { node_id })?;
         let connection = Rc::new(self.open(&addr).await?);
 
         // Another task may have connected meanwhile; keep the first open one.
@@ -288,12 +275,7 @@ impl Client {
 
     /// The open connection to broker `node_id`, if there is one.
     pub fn cached_connection(&self, node_id: i32) -> Option<Rc<Connection>> {
-        self.inner
-            .connections
-            .borrow()
-            .get(&node_id)
-            .filter(|connection| !connection.is_closed())
-            .cloned()
+        self.inner.connections.borrow().get(&node_id).filter(|connection| !connection.is_closed()).cloned()
     }
 
     /// A connection to any broker: the controller or first known broker, or a
@@ -422,11 +404,10 @@ impl Client {
         let results = topics
             .iter()
             .map(|topic| {
-                let result = response
-                    .topics
-                    .iter()
-                    .find(|result| result.name.0.as_str() == topic.name)
-                    .ok_or_else(|| ClientError::protocol("CreateTopics", format!("no result for topic {}", topic.name)))?;
+                let result =
+                    response.topics.iter().find(|result| result.name.0.as_str() == topic.name).ok_or_else(|| {
+                        ClientError::protocol("CreateTopics", format!("no result for topic {}", topic.name))
+                    })?;
                 if result.error_code != 0 {
                     return Err(ClientError::Kafka {
                         api: "CreateTopics",
@@ -453,10 +434,8 @@ impl Client {
         let mut request =
             DeleteTopicsRequest::default().with_timeout_ms(timeout.as_millis().min(i32::MAX as u128) as i32);
         if version >= 6 {
-            request.topics = topics
-                .iter()
-                .map(|name| DeleteTopicState::default().with_name(Some(topic_name(name))))
-                .collect();
+            request.topics =
+                topics.iter().map(|name| DeleteTopicState::default().with_name(Some(topic_name(name)))).collect();
         } else {
             request.topic_names = topics.iter().map(|name| topic_name(name)).collect();
         }
@@ -505,9 +484,8 @@ impl Client {
 
         let mut offsets: HashMap<i32, i64> = HashMap::new();
         for (leader, leader_partitions) in by_leader {
-            let request = ListOffsetsRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_topics(vec![ListOffsetsTopic::default().with_name(topic_name(topic)).with_partitions(
+            let request = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![
+                ListOffsetsTopic::default().with_name(topic_name(topic)).with_partitions(
                     leader_partitions
                         .iter()
                         .map(|partition| {
@@ -517,13 +495,20 @@ impl Client {
                                 .with_timestamp(spec.to_wire())
                         })
                         .collect(),
-                )]);
+                ),
+            ]);
             let connection = self.connection(leader).await?;
-            let response = connection.call(&request).await.inspect_err(|_| self.drop_connection_if_closed(&connection))?;
+            let response =
+                connection.call(&request).await.inspect_err(|_| self.drop_connection_if_closed(&connection))?;
             for topic_response in response.topics {
                 for partition in topic_response.partitions {
                     if partition.error_code != 0 {
-                        return Err(ClientError::kafka("ListOffsets", topic, partition.partition_index, partition.error_code));
+                        return Err(ClientError::kafka(
+                            "ListOffsets",
+                            topic,
+                            partition.partition_index,
+                            partition.error_code,
+                        ));
                     }
                     offsets.insert(partition.partition_index, partition.offset);
                 }
@@ -554,7 +539,8 @@ impl Client {
                 continue;
             }
             if let Some(metadata) = self.topic(topic) {
-                if !metadata.partitions.is_empty() && metadata.partitions.iter().all(|partition| partition.leader >= 0) {
+                if !metadata.partitions.is_empty() && metadata.partitions.iter().all(|partition| partition.leader >= 0)
+                {
                     return Ok(metadata);
                 }
             }

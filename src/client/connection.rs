@@ -160,17 +160,12 @@ impl Connection {
     /// Connects to `addr` (host:port) and negotiates API versions.
     pub async fn connect(addr: &str, config: &ConnectionConfig) -> Result<Connection, ClientError> {
         let socket_addr = resolve(addr).await?;
-        let connect_error = |message: String| ClientError::Connect {
-            addr: addr.to_string(),
-            message,
-        };
+        let connect_error = |message: String| ClientError::Connect { addr: addr.to_string(), message };
         let stream = crate::runtime::timeout(config.connect_timeout, TcpStream::connect(socket_addr))
             .await
             .ok_or_else(|| connect_error(format!("timed out after {} ms", config.connect_timeout.as_millis())))?
             .map_err(|err| connect_error(err.to_string()))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|err| connect_error(format!("failed to set TCP_NODELAY: {err}")))?;
+        stream.set_nodelay(true).map_err(|err| connect_error(format!("failed to set TCP_NODELAY: {err}")))?;
 
         let (reader, writer) = stream.split();
         let shared = Rc::new(Shared {
@@ -230,13 +225,7 @@ impl Connection {
         let (client_min, client_max) = client_versions(R::KEY).ok_or_else(|| {
             ClientError::protocol(api_name(R::KEY), format!("API key {} is not supported by the client", R::KEY))
         })?;
-        let (broker_min, broker_max) = self
-            .shared
-            .broker_versions
-            .borrow()
-            .get(&R::KEY)
-            .copied()
-            .unwrap_or((-1, -1));
+        let (broker_min, broker_max) = self.shared.broker_versions.borrow().get(&R::KEY).copied().unwrap_or((-1, -1));
         let version = client_max.min(broker_max);
         if version < client_min || version < broker_min {
             return Err(ClientError::UnsupportedVersion {
@@ -301,10 +290,7 @@ impl Connection {
 
         let receiver = if expects_response {
             let (sender, receiver) = oneshot::channel();
-            shared.pending.borrow_mut().push_back(Pending {
-                correlation_id,
-                reply: sender,
-            });
+            shared.pending.borrow_mut().push_back(Pending { correlation_id, reply: sender });
             Some(receiver)
         } else {
             None
@@ -364,11 +350,7 @@ impl Connection {
 }
 
 fn broker_api_versions_max(response: &ApiVersionsResponse) -> i16 {
-    response
-        .api_keys
-        .iter()
-        .find(|api| api.api_key == ApiVersionsRequest::KEY)
-        .map_or(0, |api| api.max_version)
+    response.api_keys.iter().find(|api| api.api_key == ApiVersionsRequest::KEY).map_or(0, |api| api.max_version)
 }
 
 impl<R: Request> ResponseFuture<R> {
@@ -379,10 +361,7 @@ impl<R: Request> ResponseFuture<R> {
 
     fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, ClientError>> {
         let Some(receiver) = self.receiver.as_mut() else {
-            return Poll::Ready(Err(ClientError::protocol(
-                api_name(self.api_key),
-                "the request expects no response",
-            )));
+            return Poll::Ready(Err(ClientError::protocol(api_name(self.api_key), "the request expects no response")));
         };
         if let Poll::Ready(result) = Pin::new(receiver).poll(cx) {
             self.receiver = None;
@@ -427,10 +406,10 @@ impl Shared {
     }
 
     fn failure_or_closed(&self) -> ClientError {
-        self.failure.borrow().clone().unwrap_or_else(|| ClientError::Disconnected {
-            addr: self.addr.clone(),
-            pending: 0,
-        })
+        self.failure
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| ClientError::Disconnected { addr: self.addr.clone(), pending: 0 })
     }
 
     /// Closes the connection: every waiting request gets `error`.
@@ -452,7 +431,10 @@ impl Shared {
     /// Hands a response frame to the oldest pending request.
     fn complete(&self, frame: Bytes) -> Result<(), ClientError> {
         if frame.len() < 4 {
-            return Err(ClientError::protocol("response", format!("frame of {} bytes has no correlation id", frame.len())));
+            return Err(ClientError::protocol(
+                "response",
+                format!("frame of {} bytes has no correlation id", frame.len()),
+            ));
         }
         let correlation_id = (&frame[..4]).get_i32();
         let Some(request) = self.pending.borrow_mut().pop_front() else {
@@ -494,7 +476,8 @@ fn encode_frame<R: Request>(
         .compute_size(header_version)
         .and_then(|header_size| Ok(header_size + request.compute_size(version)?))
         .map_err(|err| ClientError::protocol(api, err))?;
-    let size_prefix = i32::try_from(size).map_err(|_| ClientError::protocol(api, format!("request of {size} bytes exceeds i32")))?;
+    let size_prefix =
+        i32::try_from(size).map_err(|_| ClientError::protocol(api, format!("request of {size} bytes exceeds i32")))?;
 
     let mut buf = BytesMut::with_capacity(4 + size);
     buf.put_i32(size_prefix);
@@ -523,14 +506,10 @@ async fn resolve(addr: &str) -> Result<SocketAddr, ClientError> {
     let resolved = crate::runtime::spawn_blocking(move || owned.to_socket_addrs().map(|mut addrs| addrs.next())).await;
     match resolved {
         Ok(Some(socket_addr)) => Ok(socket_addr),
-        Ok(None) => Err(ClientError::Connect {
-            addr: addr.to_string(),
-            message: "the name resolved to no address".into(),
-        }),
-        Err(err) => Err(ClientError::Connect {
-            addr: addr.to_string(),
-            message: format!("failed to resolve: {err}"),
-        }),
+        Ok(None) => {
+            Err(ClientError::Connect { addr: addr.to_string(), message: "the name resolved to no address".into() })
+        }
+        Err(err) => Err(ClientError::Connect { addr: addr.to_string(), message: format!("failed to resolve: {err}") }),
     }
 }
 
@@ -550,10 +529,7 @@ async fn read_frames(shared: &Shared, reader: &mut ReadHalf<TcpStream>) -> Clien
             if frame_len < 0 || frame_len as usize > shared.max_response_bytes {
                 return ClientError::protocol(
                     "response",
-                    format!(
-                        "frame size {frame_len} from {} is outside 0..={}",
-                        shared.addr, shared.max_response_bytes
-                    ),
+                    format!("frame size {frame_len} from {} is outside 0..={}", shared.addr, shared.max_response_bytes),
                 );
             }
             let total = 4 + frame_len as usize;
@@ -575,21 +551,13 @@ async fn read_frames(shared: &Shared, reader: &mut ReadHalf<TcpStream>) -> Clien
         match reader.read(&mut buf[start..]).await {
             Ok(0) => {
                 buf.truncate(start);
-                return ClientError::Disconnected {
-                    addr: shared.addr.clone(),
-                    pending: shared.pending.borrow().len(),
-                };
+                return ClientError::Disconnected { addr: shared.addr.clone(), pending: shared.pending.borrow().len() };
             }
             Ok(read) => {
                 buf.truncate(start + read);
                 shared.bytes_received.set(shared.bytes_received.get() + read as u64);
             }
-            Err(err) => {
-                return ClientError::Io {
-                    addr: shared.addr.clone(),
-                    message: err.to_string(),
-                }
-            }
+            Err(err) => return ClientError::Io { addr: shared.addr.clone(), message: err.to_string() },
         }
     }
 }
@@ -608,10 +576,7 @@ async fn write_loop(shared: Rc<Shared>, mut writer: WriteHalf<TcpStream>) {
         }
 
         if let Err(err) = write_batch(&shared, &mut writer, &mut coalesced, batch).await {
-            shared.fail(ClientError::Io {
-                addr: shared.addr.clone(),
-                message: err.to_string(),
-            });
+            shared.fail(ClientError::Io { addr: shared.addr.clone(), message: err.to_string() });
         }
     }
 }

@@ -140,14 +140,17 @@ impl Consumer {
 
     /// Adds partitions of `topic` (all of them when `partitions` is None),
     /// each starting at `start`.
-    pub async fn assign(&mut self, topic: &str, partitions: Option<&[i32]>, start: StartOffset) -> Result<(), ClientError> {
+    pub async fn assign(
+        &mut self,
+        topic: &str,
+        partitions: Option<&[i32]>,
+        start: StartOffset,
+    ) -> Result<(), ClientError> {
         if self.client.topic(topic).is_none() {
             self.client.refresh_metadata(Some(&[topic])).await?;
         }
-        let metadata = self
-            .client
-            .topic(topic)
-            .ok_or_else(|| ClientError::UnknownTopic { topic: topic.to_string() })?;
+        let metadata =
+            self.client.topic(topic).ok_or_else(|| ClientError::UnknownTopic { topic: topic.to_string() })?;
         let partitions: Vec<i32> = match partitions {
             Some(partitions) => partitions.to_vec(),
             None => metadata.partitions.iter().map(|partition| partition.partition).collect(),
@@ -170,10 +173,7 @@ impl Consumer {
 
     /// Returns the next offset to fetch for a partition.
     pub fn position(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.positions
-            .iter()
-            .find(|((t, p), _)| &**t == topic && *p == partition)
-            .map(|(_, offset)| *offset)
+        self.positions.iter().find(|((t, p), _)| &**t == topic && *p == partition).map(|(_, offset)| *offset)
     }
 
     /// Returns every assignment with its position.
@@ -181,7 +181,12 @@ impl Consumer {
         self.positions.iter().map(|((topic, partition), offset)| (topic.clone(), *partition, *offset)).collect()
     }
 
-    async fn resolve_offsets(&self, topic: &str, partitions: &[i32], start: StartOffset) -> Result<Vec<(i32, i64)>, ClientError> {
+    async fn resolve_offsets(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        start: StartOffset,
+    ) -> Result<Vec<(i32, i64)>, ClientError> {
         match start {
             StartOffset::At(offset) => Ok(partitions.iter().map(|partition| (*partition, offset)).collect()),
             StartOffset::Earliest => self.client.list_offsets(topic, partitions, OffsetSpec::Earliest).await,
@@ -248,10 +253,7 @@ impl Consumer {
                         headers: record
                             .headers
                             .into_iter()
-                            .map(|(key, value)| RecordHeader {
-                                key: key.as_str().to_string(),
-                                value,
-                            })
+                            .map(|(key, value)| RecordHeader { key: key.as_str().to_string(), value })
                             .collect(),
                     });
                 }
@@ -300,12 +302,7 @@ impl Consumer {
                         if result.is_err() {
                             client.drop_connection_if_closed(&connection);
                         }
-                        FetchDone {
-                            leader,
-                            requested: partitions,
-                            round_trip: sent_at.elapsed(),
-                            result,
-                        }
+                        FetchDone { leader, requested: partitions, round_trip: sent_at.elapsed(), result }
                     }));
                 }
                 Err(err) => {
@@ -341,7 +338,9 @@ impl Consumer {
             .with_topics(
                 topics
                     .into_iter()
-                    .map(|(topic, partitions)| FetchTopic::default().with_topic(topic_name(topic)).with_partitions(partitions))
+                    .map(|(topic, partitions)| {
+                        FetchTopic::default().with_topic(topic_name(topic)).with_partitions(partitions)
+                    })
                     .collect(),
             )
     }
@@ -376,10 +375,8 @@ impl Consumer {
             let topic_str = topic_response.topic.0.as_str();
             for partition_data in topic_response.partitions {
                 let partition = partition_data.partition_index;
-                let Some((topic, _, fetch_offset)) = requested
-                    .iter()
-                    .find(|(t, p, _)| &**t == topic_str && *p == partition)
-                    .cloned()
+                let Some((topic, _, fetch_offset)) =
+                    requested.iter().find(|(t, p, _)| &**t == topic_str && *p == partition).cloned()
                 else {
                     continue;
                 };

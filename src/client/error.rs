@@ -8,12 +8,7 @@ use kafka_protocol::ResponseError;
 pub enum ClientError {
     /// The broker answered with a non-zero Kafka error code.
     #[error("{api} failed{}: {} (Kafka error code {code})", describe_target(.topic, .partition), kafka_error_name(*.code))]
-    Kafka {
-        api: &'static str,
-        topic: Option<String>,
-        partition: Option<i32>,
-        code: i16,
-    },
+    Kafka { api: &'static str, topic: Option<String>, partition: Option<i32>, code: i16 },
     #[error("failed to connect to {addr}: {message}")]
     Connect { addr: String, message: String },
     #[error("connection to {addr} failed: {message}")]
@@ -21,11 +16,7 @@ pub enum ClientError {
     #[error("connection to {addr} closed with {pending} requests awaiting a response")]
     Disconnected { addr: String, pending: usize },
     #[error("{api} to {addr} timed out after {timeout_ms} ms")]
-    Timeout {
-        api: &'static str,
-        addr: String,
-        timeout_ms: u64,
-    },
+    Timeout { api: &'static str, addr: String, timeout_ms: u64 },
     #[error("invalid {api} message: {message}")]
     Protocol { api: &'static str, message: String },
     #[error("broker {addr} supports {api} versions {broker_min}..={broker_max}, the client needs {client_min}..={client_max}")]
@@ -46,10 +37,7 @@ pub enum ClientError {
     #[error("corrupt record batch at offset {offset}: {message}")]
     CorruptBatch { offset: i64, message: String },
     #[error("{compression} compression failed: {message}")]
-    Compression {
-        compression: &'static str,
-        message: String,
-    },
+    Compression { compression: &'static str, message: String },
     #[error("record of {size_bytes} bytes exceeds max.request.size {max_bytes}")]
     RecordTooLarge { size_bytes: usize, max_bytes: usize },
     #[error("invalid client configuration: {0}")]
@@ -93,19 +81,11 @@ impl ClientError {
     }
 
     pub(crate) fn kafka(api: &'static str, topic: &str, partition: i32, code: i16) -> ClientError {
-        ClientError::Kafka {
-            api,
-            topic: Some(topic.to_string()),
-            partition: Some(partition),
-            code,
-        }
+        ClientError::Kafka { api, topic: Some(topic.to_string()), partition: Some(partition), code }
     }
 
     pub(crate) fn protocol(api: &'static str, error: impl std::fmt::Display) -> ClientError {
-        ClientError::Protocol {
-            api,
-            message: error.to_string(),
-        }
+        ClientError::Protocol { api, message: error.to_string() }
     }
 }
 
@@ -153,10 +133,7 @@ mod tests {
     #[test]
     fn kafka_error_message_names_partition_and_code() {
         let error = ClientError::kafka("Produce", "orders", 3, 6);
-        assert_eq!(
-            error.to_string(),
-            "Produce failed for orders-3: NOT_LEADER_OR_FOLLOWER (Kafka error code 6)"
-        );
+        assert_eq!(error.to_string(), "Produce failed for orders-3: NOT_LEADER_OR_FOLLOWER (Kafka error code 6)");
         assert_eq!(error.kafka_code(), Some(6));
         assert!(error.is_retriable());
     }

@@ -34,5 +34,6 @@ pub use connection::{Connection, ConnectionConfig};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, FetchedPartition, PollOutcome, StartOffset};
 pub use error::{kafka_error_name, ClientError};
 pub use producer::{
-    murmur2, partition_for_key, Acks, BatchReport, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+    murmur2, partition_for_key, Acks, BatchReport, DeliveryFuture, Producer, ProducerConfig, ProducerRecord,
+    RecordMetadata,
 };

@@ -133,14 +133,7 @@ pub struct ProducerRecord<'a> {
 
 impl<'a> ProducerRecord<'a> {
     pub fn new(topic: &'a str, value: &'a [u8]) -> ProducerRecord<'a> {
-        ProducerRecord {
-            topic,
-            partition: None,
-            key: None,
-            value: Some(value),
-            headers: &[],
-            timestamp_ms: None,
-        }
+        ProducerRecord { topic, partition: None, key: None, value: Some(value), headers: &[], timestamp_ms: None }
     }
 }
 
@@ -246,15 +239,8 @@ impl Future for DeliveryFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &*self.completion.result.borrow() {
             Some(Ok(base_offset)) => {
-                let offset = if *base_offset < 0 {
-                    -1
-                } else {
-                    base_offset + self.index as i64
-                };
-                return Poll::Ready(Ok(RecordMetadata {
-                    partition: self.partition,
-                    offset,
-                }));
+                let offset = if *base_offset < 0 { -1 } else { base_offset + self.index as i64 };
+                return Poll::Ready(Ok(RecordMetadata { partition: self.partition, offset }));
             }
             Some(Err(err)) => return Poll::Ready(Err(err.clone())),
             None => {}
@@ -332,10 +318,7 @@ impl Producer {
         let batch_bytes_max = record_bytes_max + BATCH_HEADER_BYTES;
         let request_bytes_max = inner.config.max_request_size_bytes;
         if batch_bytes_max + REQUEST_OVERHEAD_BYTES > request_bytes_max {
-            return Err(ClientError::RecordTooLarge {
-                size_bytes: batch_bytes_max,
-                max_bytes: request_bytes_max,
-            });
+            return Err(ClientError::RecordTooLarge { size_bytes: batch_bytes_max, max_bytes: request_bytes_max });
         }
         if inner.buffer.acquire(batch_bytes_max).await.is_err() {
             return Err(ClientError::Closed);
@@ -370,15 +353,15 @@ fn record_size_bound(record: &ProducerRecord<'_>) -> usize {
     let headers: usize = record
         .headers
         .iter()
-        .map(|header| HEADER_OVERHEAD_BYTES_MAX + header.key.len() + header.value.as_ref().map_or(0, |value| value.len()))
+        .map(|header| {
+            HEADER_OVERHEAD_BYTES_MAX + header.key.len() + header.value.as_ref().map_or(0, |value| value.len())
+        })
         .sum();
     RECORD_OVERHEAD_BYTES_MAX + record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len) + headers
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 /// Kafka's murmur2 (the Java client's `Utils.murmur2`), so keyed records land
@@ -472,9 +455,7 @@ impl Inner {
 
         // Seal the open batch if this record would push it past batch.size.
         if let Some(open) = &queue.open {
-            let added = open
-                .builder
-                .encoded_record_bytes(timestamp_ms, record.key, record.value, record.headers);
+            let added = open.builder.encoded_record_bytes(timestamp_ms, record.key, record.value, record.headers);
             if !open.builder.is_empty() && open.builder.size_bytes() + added > self.config.batch_size_bytes {
                 self.seal(topic, partition, queue);
                 self.advance_sticky(topic_queue, partition);
@@ -494,17 +475,14 @@ impl Inner {
             });
             self.outstanding_batches.set(self.outstanding_batches.get() + 1);
             let deadline = Instant::now() + self.config.linger;
-            self.lingering
-                .borrow_mut()
-                .push_back((topic.clone(), partition, id, deadline));
+            self.lingering.borrow_mut().push_back((topic.clone(), partition, id, deadline));
             unused_bytes = 0;
             self.wakeup.notify();
         }
 
         let open = queue.open.as_mut().expect("open batch was just ensured");
         let size_before = open.builder.size_bytes();
-        open.builder
-            .append(timestamp_ms, record.key, record.value, record.headers);
+        open.builder.append(timestamp_ms, record.key, record.value, record.headers);
         let appended = open.builder.size_bytes() - size_before;
         let record_bytes_max = reserved_bytes - BATCH_HEADER_BYTES;
         unused_bytes += record_bytes_max.saturating_sub(appended);
@@ -633,7 +611,8 @@ impl Inner {
         tracing::debug!(target: "weir::client", topic = &**topic, partition, attempt = batch.attempts, error = %error, "retrying produce batch");
         self.metadata_stale.set(true);
         let mut topics = self.topics.borrow_mut();
-        let queue = &mut topics.get_mut(topic).expect("a sent batch's topic has a queue").partitions[partition as usize];
+        let queue =
+            &mut topics.get_mut(topic).expect("a sent batch's topic has a queue").partitions[partition as usize];
         queue.sealed.push_front(batch);
         queue.retry_not_before = Some(Instant::now() + self.config.retry_backoff);
         if !queue.listed_ready {
@@ -730,11 +709,7 @@ async fn dispatch_ready(inner: &Rc<Inner>, now: Instant) -> (Option<Instant>, bo
                 continue;
             }
             *planned += 1;
-            let fresh = RequestDraft {
-                leader,
-                request_bytes: REQUEST_OVERHEAD_BYTES,
-                batches: Vec::new(),
-            };
+            let fresh = RequestDraft { leader, request_bytes: REQUEST_OVERHEAD_BYTES, batches: Vec::new() };
             if let Some(full) = drafts.insert(leader, fresh) {
                 finished.push(full);
             }
@@ -752,7 +727,8 @@ async fn dispatch_ready(inner: &Rc<Inner>, now: Instant) -> (Option<Instant>, bo
         let mut topics = inner.topics.borrow_mut();
         let mut ready = inner.ready.borrow_mut();
         for (topic, partition) in visited {
-            let queue = &mut topics.get_mut(&topic).expect("visited partition has a queue").partitions[partition as usize];
+            let queue =
+                &mut topics.get_mut(&topic).expect("visited partition has a queue").partitions[partition as usize];
             if queue.sealed.is_empty() {
                 queue.listed_ready = false;
             } else if !ready.iter().any(|(t, p)| *p == partition && t == &topic) {
@@ -809,11 +785,10 @@ async fn send_request(inner: &Rc<Inner>, draft: RequestDraft) {
 
     let mut by_topic: BTreeMap<&str, Vec<PartitionProduceData>> = BTreeMap::new();
     for (topic, partition, batch) in &batches {
-        by_topic.entry(topic).or_default().push(
-            PartitionProduceData::default()
-                .with_index(*partition)
-                .with_records(Some(batch.bytes.clone())),
-        );
+        by_topic
+            .entry(topic)
+            .or_default()
+            .push(PartitionProduceData::default().with_index(*partition).with_records(Some(batch.bytes.clone())));
     }
     let request = ProduceRequest::default()
         .with_acks(inner.config.acks.to_wire())
@@ -822,9 +797,7 @@ async fn send_request(inner: &Rc<Inner>, draft: RequestDraft) {
             by_topic
                 .into_iter()
                 .map(|(topic, partitions)| {
-                    TopicProduceData::default()
-                        .with_name(topic_name(topic))
-                        .with_partition_data(partitions)
+                    TopicProduceData::default().with_name(topic_name(topic)).with_partition_data(partitions)
                 })
                 .collect(),
         );
@@ -938,10 +911,7 @@ mod tests {
 
     #[test]
     fn record_bound_covers_encoding() {
-        let headers = [RecordHeader {
-            key: "h".into(),
-            value: Some(Bytes::from_static(b"value")),
-        }];
+        let headers = [RecordHeader { key: "h".into(), value: Some(Bytes::from_static(b"value")) }];
         let record = ProducerRecord {
             topic: "t",
             partition: None,

@@ -41,11 +41,7 @@ impl LocalSemaphore {
     /// Waits for `count` permits. The caller returns them with [`release`](Self::release).
     /// A request for more permits than exist waits until enough are released.
     pub fn acquire(&self, count: usize) -> Acquire<'_> {
-        Acquire {
-            semaphore: self,
-            count,
-            ticket: None,
-        }
+        Acquire { semaphore: self, count, ticket: None }
     }
 
     /// Takes `count` permits if they are free and nobody waits.

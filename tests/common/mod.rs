@@ -35,7 +35,8 @@ impl Broker {
         let data_dir = temp.path().join("data");
         let log_path = temp.path().join("weir.log");
         let extra_args = overrides.iter().flat_map(|item| ["--set".to_string(), item.to_string()]).collect();
-        let mut broker = Broker { child: None, bootstrap: String::new(), data_dir, _temp: Some(temp), extra_args, log_path };
+        let mut broker =
+            Broker { child: None, bootstrap: String::new(), data_dir, _temp: Some(temp), extra_args, log_path };
         broker.spawn();
         broker
     }

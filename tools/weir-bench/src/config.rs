@@ -101,12 +101,14 @@ pub const TIMESTAMP_BYTES: usize = 8;
 impl RunConfig {
     /// Reads a workload file over the defaults.
     pub fn from_file(path: &Path) -> Result<RunConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("failed to read workload {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("failed to read workload {}", path.display()))?;
         Self::from_toml(&text).with_context(|| format!("invalid workload {}", path.display()))
     }
 
     pub fn from_toml(text: &str) -> Result<RunConfig> {
-        let config: RunConfig = toml::from_str(text).map_err(|err| anyhow::anyhow!("{}", err.to_string().trim_end()))?;
+        let config: RunConfig =
+            toml::from_str(text).map_err(|err| anyhow::anyhow!("{}", err.to_string().trim_end()))?;
         config.validate()?;
         Ok(config)
     }

@@ -54,11 +54,7 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig {
-            file_bytes: 1 << 30,
-            sync_count: 200,
-            loopback_bytes: 4 << 30,
-        }
+        LimitsConfig { file_bytes: 1 << 30, sync_count: 200, loopback_bytes: 4 << 30 }
     }
 }
 
@@ -218,15 +214,9 @@ mod tests {
     #[test]
     fn small_limits_run_measures_positive_rates() {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("temp dir");
-        let limits = measure(
-            dir.path(),
-            &LimitsConfig {
-                file_bytes: 8 << 20,
-                sync_count: 5,
-                loopback_bytes: 64 << 20,
-            },
-        )
-        .expect("limits");
+        let limits =
+            measure(dir.path(), &LimitsConfig { file_bytes: 8 << 20, sync_count: 5, loopback_bytes: 64 << 20 })
+                .expect("limits");
         assert!(limits.direct_write_mb_per_sec > 0.0);
         assert!(limits.direct_read_mb_per_sec > 0.0);
         assert_eq!(limits.fdatasync_latency_ms.count, 5);

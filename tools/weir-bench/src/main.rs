@@ -202,11 +202,9 @@ fn main() {
         Command::Run(args) => run(args),
         Command::Limits(args) => run_limits(&args),
         Command::Compare { a, b } => run_compare(&a, &b),
-        Command::Encode {
-            message_size,
-            records,
-            seconds,
-        } => micro::print_all(message_size, records, std::time::Duration::from_secs_f64(seconds)),
+        Command::Encode { message_size, records, seconds } => {
+            micro::print_all(message_size, records, std::time::Duration::from_secs_f64(seconds))
+        }
     };
     if let Err(err) = result {
         eprintln!("weir-bench: {err:#}");
@@ -223,7 +221,11 @@ fn run_limits(args: &LimitsArgs) -> Result<()> {
         limits.file_bytes >> 20,
         limits.directory
     );
-    println!("O_DIRECT sequential read:  {:.0} MB/s ({} KiB reads)", limits.direct_read_mb_per_sec, limits.read_io_bytes / 1024);
+    println!(
+        "O_DIRECT sequential read:  {:.0} MB/s ({} KiB reads)",
+        limits.direct_read_mb_per_sec,
+        limits.read_io_bytes / 1024
+    );
     let sync = &limits.fdatasync_latency_ms;
     println!(
         "fdatasync after 4 KiB write: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} samples)",
@@ -257,9 +259,27 @@ fn build_config(args: &RunArgs) -> Result<RunConfig> {
         };
     }
     override_fields!(
-        bootstrap, topic, topics, partitions, producers, consumers, consumer_groups, message_size, key_spread,
-        batch_size, linger_ms, compression, acks, rate, warmup_secs, duration_secs, backlog_messages, threads,
-        max_in_flight, fetch_max_wait_ms, drain_secs
+        bootstrap,
+        topic,
+        topics,
+        partitions,
+        producers,
+        consumers,
+        consumer_groups,
+        message_size,
+        key_spread,
+        batch_size,
+        linger_ms,
+        compression,
+        acks,
+        rate,
+        warmup_secs,
+        duration_secs,
+        backlog_messages,
+        threads,
+        max_in_flight,
+        fetch_max_wait_ms,
+        drain_secs
     );
     config.validate()?;
     Ok(config)
@@ -280,11 +300,8 @@ fn run(args: RunArgs) -> Result<()> {
 
     let mut broker = match &args.broker_cmd {
         Some(command) => {
-            let command = if command.is_empty() {
-                broker::default_command(args.broker_shards)
-            } else {
-                command.clone()
-            };
+            let command =
+                if command.is_empty() { broker::default_command(args.broker_shards) } else { command.clone() };
             let broker = BrokerProcess::start(&command, args.broker_data_parent.as_ref())?;
             eprintln!("started broker at {}: {}", broker.bootstrap, broker.command);
             config.bootstrap = broker.bootstrap.clone();
@@ -296,7 +313,8 @@ fn run(args: RunArgs) -> Result<()> {
         bail!("no broker: pass --bootstrap HOST:PORT, set bootstrap in the workload, or start one with --broker-cmd");
     }
 
-    let result = run_with_broker(&config, &args, limits, broker.as_ref().map(|broker| broker.command.clone()), &interrupted);
+    let result =
+        run_with_broker(&config, &args, limits, broker.as_ref().map(|broker| broker.command.clone()), &interrupted);
     if let Some(broker) = broker.as_mut() {
         broker.stop();
     }
@@ -338,10 +356,7 @@ fn run_with_broker(
             print_progress: false,
         };
         let result = runner::run_stage(&plan, &stage, interrupted)?;
-        eprintln!(
-            "backlog: {} messages acknowledged in {:.1} s",
-            result.all.produced_messages, result.measured_secs
-        );
+        eprintln!("backlog: {} messages acknowledged in {:.1} s", result.all.produced_messages, result.measured_secs);
         Some(result)
     } else {
         None
@@ -351,11 +366,7 @@ fn run_with_broker(
         messages_per_producer: None,
         rate: config.rate,
         with_consumers: config.consumer_groups > 0,
-        consumer_start: if config.backlog_messages > 0 {
-            StartOffset::Earliest
-        } else {
-            StartOffset::Latest
-        },
+        consumer_start: if config.backlog_messages > 0 { StartOffset::Earliest } else { StartOffset::Latest },
         warmup_secs: config.warmup_secs,
         duration_secs: Some(config.duration_secs),
         print_progress: true,

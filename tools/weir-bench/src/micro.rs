@@ -22,7 +22,12 @@ pub struct EncodeResult {
 
 /// Encodes batches of `records_per_batch` values of `message_size` bytes
 /// for at least `min_time` per implementation.
-pub fn measure(message_size: usize, records_per_batch: usize, compression: Compression, min_time: Duration) -> Result<EncodeResult> {
+pub fn measure(
+    message_size: usize,
+    records_per_batch: usize,
+    compression: Compression,
+    min_time: Duration,
+) -> Result<EncodeResult> {
     let value: Bytes = (0..message_size).map(|index| (index * 31 % 251) as u8).collect::<Vec<u8>>().into();
     let key = Bytes::from_static(b"key-000042");
     let payload_mb = (message_size * records_per_batch) as f64 / 1e6;
@@ -69,12 +74,7 @@ pub fn measure(message_size: usize, records_per_batch: usize, compression: Compr
         anyhow::ensure!(records.len() == records_per_batch, "decoded {} records", records.len());
         Ok(())
     })?;
-    Ok(EncodeResult {
-        hand_built_mb_per_sec,
-        reference_mb_per_sec,
-        decode_mb_per_sec,
-        batch_bytes: batch.len(),
-    })
+    Ok(EncodeResult { hand_built_mb_per_sec, reference_mb_per_sec, decode_mb_per_sec, batch_bytes: batch.len() })
 }
 
 fn rate(payload_mb: f64, min_time: Duration, mut operation: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -91,11 +91,13 @@ fn rate(payload_mb: f64, min_time: Duration, mut operation: impl FnMut() -> Resu
 
 /// Prints one line per compression codec.
 pub fn print_all(message_size: usize, records_per_batch: usize, min_time: Duration) -> Result<()> {
+    println!("{records_per_batch} records of {message_size} B per batch; MB/s of record values (higher is better)");
     println!(
-        "{records_per_batch} records of {message_size} B per batch; MB/s of record values (higher is better)"
+        "{:<10}{:>14}{:>18}{:>10}{:>16}{:>14}",
+        "codec", "hand-built", "RecordBatchEnc.", "ratio", "decode", "batch bytes"
     );
-    println!("{:<10}{:>14}{:>18}{:>10}{:>16}{:>14}", "codec", "hand-built", "RecordBatchEnc.", "ratio", "decode", "batch bytes");
-    for compression in [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+    for compression in [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd]
+    {
         let result = measure(message_size, records_per_batch, compression, min_time)?;
         println!(
             "{:<10}{:>14.0}{:>18.0}{:>10.2}{:>16.0}{:>14}",

@@ -27,12 +27,7 @@ pub struct Throughput {
 
 impl Throughput {
     fn new(messages: u64, bytes: u64, secs: f64) -> Throughput {
-        Throughput {
-            messages,
-            bytes,
-            messages_per_sec: messages as f64 / secs,
-            mb_per_sec: bytes as f64 / 1e6 / secs,
-        }
+        Throughput { messages, bytes, messages_per_sec: messages as f64 / secs, mb_per_sec: bytes as f64 / 1e6 / secs }
     }
 }
 
@@ -248,7 +243,14 @@ impl Report {
             let _ = writeln!(
                 out,
                 "{:<22}{:>10.3}{:>10.3}{:>10.3}{:>10.3}{:>10.3}{:>10.3}{:>12}",
-                name, latency.p50_ms, latency.p90_ms, latency.p99_ms, latency.p99_9_ms, latency.p99_99_ms, latency.max_ms, latency.count
+                name,
+                latency.p50_ms,
+                latency.p90_ms,
+                latency.p99_ms,
+                latency.p99_9_ms,
+                latency.p99_99_ms,
+                latency.max_ms,
+                latency.count
             );
         }
         let _ = writeln!(out);

@@ -136,8 +136,8 @@ pub fn run_stage(plan: &Arc<Plan>, stage: &Stage, interrupted: &Arc<AtomicBool>)
 
         if stopped_at.is_none() {
             let elapsed = control.started.elapsed();
-            let finished_producers = stage.messages_per_producer.is_some()
-                && control.producers_running.load(Ordering::Acquire) == 0;
+            let finished_producers =
+                stage.messages_per_producer.is_some() && control.producers_running.load(Ordering::Acquire) == 0;
             if interrupted.load(Ordering::Acquire) {
                 was_interrupted = true;
             }
@@ -164,12 +164,7 @@ pub fn run_stage(plan: &Arc<Plan>, stage: &Stage, interrupted: &Arc<AtomicBool>)
     }
     let stop_secs = stopped_at.map_or(control.started.elapsed(), |at| at.duration_since(control.started));
     let measured_secs = (stop_secs.as_secs_f64() - stage.warmup_secs as f64).max(0.001);
-    Ok(StageResult {
-        measured,
-        all,
-        measured_secs,
-        interrupted: was_interrupted,
-    })
+    Ok(StageResult { measured, all, measured_secs, interrupted: was_interrupted })
 }
 
 fn print_progress(second: u64, interval: &Interval, warmup: bool, config: &RunConfig) {
@@ -239,10 +234,7 @@ async fn bench_thread(
                 let due = started + REPORT_INTERVAL * (second as u32 + 1);
                 sleep(due.saturating_duration_since(Instant::now())).await;
                 let interval = std::mem::take(&mut *stats.borrow_mut());
-                let _ = sender.send(ThreadMessage::Interval {
-                    second,
-                    interval: Box::new(interval),
-                });
+                let _ = sender.send(ThreadMessage::Interval { second, interval: Box::new(interval) });
                 second += 1;
             }
         })
@@ -254,10 +246,7 @@ async fn bench_thread(
     drop(reporter);
     let second = control.started.elapsed().as_secs();
     let interval = std::mem::take(&mut *stats.borrow_mut());
-    let _ = sender.send(ThreadMessage::Interval {
-        second,
-        interval: Box::new(interval),
-    });
+    let _ = sender.send(ThreadMessage::Interval { second, interval: Box::new(interval) });
     let _ = sender.send(ThreadMessage::Done);
 }
 
@@ -298,7 +287,10 @@ impl AckTracker {
         match report.result {
             Ok(_) => {
                 for intended in queue.drain(..count) {
-                    record_micros(&mut stats.produce_latency, now.saturating_duration_since(intended).as_micros() as u64);
+                    record_micros(
+                        &mut stats.produce_latency,
+                        now.saturating_duration_since(intended).as_micros() as u64,
+                    );
                 }
                 stats.produced_messages += count as u64;
                 stats.produced_bytes += count as u64 * self.message_size;
@@ -324,7 +316,13 @@ impl XorShift {
     }
 }
 
-async fn run_producer(index: usize, plan: Arc<Plan>, stage: Arc<Stage>, control: Arc<Control>, stats: Rc<RefCell<Interval>>) {
+async fn run_producer(
+    index: usize,
+    plan: Arc<Plan>,
+    stage: Arc<Stage>,
+    control: Arc<Control>,
+    stats: Rc<RefCell<Interval>>,
+) {
     if let Err(err) = produce(index, &plan, &stage, &control, &stats).await {
         eprintln!("weir-bench: producer {index} stopped: {err:#}");
         stats.borrow_mut().record_error(None, 1);
@@ -340,9 +338,7 @@ async fn produce(
     stats: &Rc<RefCell<Interval>>,
 ) -> Result<()> {
     let config = &plan.config;
-    let client = Client::connect(client_config(plan, index, "producer"))
-        .await
-        .context("failed to connect")?;
+    let client = Client::connect(client_config(plan, index, "producer")).await.context("failed to connect")?;
     let producer = Producer::new(
         client.clone(),
         ProducerConfig {
@@ -443,7 +439,13 @@ async fn produce(
     Ok(())
 }
 
-async fn run_consumer(member: usize, plan: Arc<Plan>, stage: Arc<Stage>, control: Arc<Control>, stats: Rc<RefCell<Interval>>) {
+async fn run_consumer(
+    member: usize,
+    plan: Arc<Plan>,
+    stage: Arc<Stage>,
+    control: Arc<Control>,
+    stats: Rc<RefCell<Interval>>,
+) {
     if let Err(err) = consume(member, &plan, &stage, &control, &stats).await {
         eprintln!("weir-bench: consumer {member} stopped: {err:#}");
         stats.borrow_mut().record_error(None, 1);
@@ -458,24 +460,18 @@ async fn consume(
     stats: &Rc<RefCell<Interval>>,
 ) -> Result<()> {
     let config = &plan.config;
-    let client = Client::connect(client_config(plan, member, "consumer"))
-        .await
-        .context("failed to connect")?;
+    let client = Client::connect(client_config(plan, member, "consumer")).await.context("failed to connect")?;
     let fetch_max_wait = Duration::from_millis(config.fetch_max_wait_ms);
-    let mut consumer = Consumer::new(
-        client.clone(),
-        ConsumerConfig {
-            fetch_max_wait,
-            ..ConsumerConfig::default()
-        },
-    );
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig { fetch_max_wait, ..ConsumerConfig::default() });
 
     // NOTE: partitions are assigned directly, round-robin over the group's
     // members, instead of through a group coordinator.
     let mut assigned = 0;
     for (topic_index, topic) in plan.topics.iter().enumerate() {
         let partitions: Vec<i32> = (0..config.partitions)
-            .filter(|partition| (topic_index * config.partitions as usize + *partition as usize) % config.consumers == member)
+            .filter(|partition| {
+                (topic_index * config.partitions as usize + *partition as usize) % config.consumers == member
+            })
             .collect();
         if partitions.is_empty() {
             continue;
@@ -494,7 +490,8 @@ async fn consume(
     let drain = Duration::from_secs(config.drain_secs);
     let mut drain_deadline: Option<Instant> = None;
     loop {
-        let producers_done = control.stop.load(Ordering::Relaxed) && control.producers_running.load(Ordering::Acquire) == 0;
+        let producers_done =
+            control.stop.load(Ordering::Relaxed) && control.producers_running.load(Ordering::Acquire) == 0;
         if producers_done {
             let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + drain);
             if Instant::now() >= deadline {
@@ -582,10 +579,8 @@ pub async fn prepare_topics(plan: &Plan) -> Result<BTreeMap<(String, i32), i64>>
             Err(err) if err.kafka_code() == Some(TOPIC_ALREADY_EXISTS) => {}
             Err(err) => return Err(err).with_context(|| format!("failed to create topic {topic}")),
         }
-        let metadata = client
-            .wait_for_leaders(topic, 100)
-            .await
-            .with_context(|| format!("topic {topic} has no leaders"))?;
+        let metadata =
+            client.wait_for_leaders(topic, 100).await.with_context(|| format!("topic {topic} has no leaders"))?;
         if metadata.partitions.len() != plan.config.partitions as usize {
             bail!(
                 "topic {topic} exists with {} partitions, the run needs {}; delete it or choose another --topic",
@@ -619,8 +614,5 @@ pub async fn end_offsets(client: &Client, plan: &Plan) -> Result<BTreeMap<(Strin
 pub async fn stored_since(plan: &Plan, before: &BTreeMap<(String, i32), i64>) -> Result<u64> {
     let client = Client::connect(ClientConfig::new(&plan.bootstrap)).await?;
     let after = end_offsets(&client, plan).await?;
-    Ok(after
-        .iter()
-        .map(|(key, end)| (end - before.get(key).copied().unwrap_or(0)).max(0) as u64)
-        .sum())
+    Ok(after.iter().map(|(key, end)| (end - before.get(key).copied().unwrap_or(0)).max(0) as u64).sum())
 }

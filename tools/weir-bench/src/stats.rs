@@ -99,10 +99,7 @@ impl Percentiles {
             return Percentiles::default();
         }
         let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
-        let curve = CURVE_PERCENTILES
-            .iter()
-            .map(|percentile| (*percentile, ms(percentile / 100.0)))
-            .collect();
+        let curve = CURVE_PERCENTILES.iter().map(|percentile| (*percentile, ms(percentile / 100.0))).collect();
         Percentiles {
             count: histogram.len(),
             p50_ms: ms(0.50),
@@ -116,9 +113,8 @@ impl Percentiles {
     }
 }
 
-const CURVE_PERCENTILES: [f64; 17] = [
-    0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999, 99.9995, 99.9999, 100.0,
-];
+const CURVE_PERCENTILES: [f64; 17] =
+    [0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999, 99.9995, 99.9999, 100.0];
 
 #[cfg(test)]
 mod tests {

@@ -42,34 +42,72 @@ pub fn render(title: &str, series: &[(&str, &Percentiles)]) -> String {
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(svg, r#"<text x="{}" y="24" font-size="15">{}</text>"#, MARGIN_LEFT, escape(title));
 
-    for (label, percentile) in [("0%", 0.0), ("90%", 90.0), ("99%", 99.0), ("99.9%", 99.9), ("99.99%", 99.99), ("99.999%", 99.999), ("99.9999%", 99.9999)] {
+    for (label, percentile) in [
+        ("0%", 0.0),
+        ("90%", 90.0),
+        ("99%", 99.0),
+        ("99.9%", 99.9),
+        ("99.99%", 99.99),
+        ("99.999%", 99.999),
+        ("99.9999%", 99.9999),
+    ] {
         let px = x(percentile);
-        let _ = writeln!(svg, r##"<line x1="{px:.1}" y1="{MARGIN_TOP}" x2="{px:.1}" y2="{:.1}" stroke="#ddd"/>"##, MARGIN_TOP + plot_height);
-        let _ = writeln!(svg, r#"<text x="{px:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#, MARGIN_TOP + plot_height + 18.0);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{px:.1}" y1="{MARGIN_TOP}" x2="{px:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+            MARGIN_TOP + plot_height
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{px:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#,
+            MARGIN_TOP + plot_height + 18.0
+        );
     }
     for step in 0..=5 {
         let ms = y_max * step as f64 / 5.0;
         let py = y(ms);
-        let _ = writeln!(svg, r##"<line x1="{MARGIN_LEFT}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#ddd"/>"##, MARGIN_LEFT + plot_width);
-        let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, MARGIN_LEFT - 6.0, py + 4.0, format_ms(ms));
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{MARGIN_LEFT}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#ddd"/>"##,
+            MARGIN_LEFT + plot_width
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            MARGIN_LEFT - 6.0,
+            py + 4.0,
+            format_ms(ms)
+        );
     }
-    let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">percentile</text>"#, MARGIN_LEFT + plot_width / 2.0, HEIGHT - 10.0);
-    let _ = writeln!(svg, r#"<text x="16" y="{:.1}" transform="rotate(-90 16 {:.1})" text-anchor="middle">latency (ms)</text>"#, MARGIN_TOP + plot_height / 2.0, MARGIN_TOP + plot_height / 2.0);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">percentile</text>"#,
+        MARGIN_LEFT + plot_width / 2.0,
+        HEIGHT - 10.0
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="16" y="{:.1}" transform="rotate(-90 16 {:.1})" text-anchor="middle">latency (ms)</text>"#,
+        MARGIN_TOP + plot_height / 2.0,
+        MARGIN_TOP + plot_height / 2.0
+    );
 
     for (index, (name, percentiles)) in series.iter().enumerate() {
         if percentiles.curve.is_empty() {
             continue;
         }
         let color = COLORS[index % COLORS.len()];
-        let points: Vec<String> = percentiles
-            .curve
-            .iter()
-            .map(|(percentile, ms)| format!("{:.1},{:.1}", x(*percentile), y(*ms)))
-            .collect();
-        let _ = writeln!(svg, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, points.join(" "));
+        let points: Vec<String> =
+            percentiles.curve.iter().map(|(percentile, ms)| format!("{:.1},{:.1}", x(*percentile), y(*ms))).collect();
+        let _ =
+            writeln!(svg, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, points.join(" "));
         let legend_y = MARGIN_TOP + 20.0 * index as f64 + 10.0;
         let legend_x = MARGIN_LEFT + plot_width + 15.0;
-        let _ = writeln!(svg, r#"<line x1="{legend_x:.1}" y1="{legend_y:.1}" x2="{:.1}" y2="{legend_y:.1}" stroke="{color}" stroke-width="3"/>"#, legend_x + 20.0);
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{legend_x:.1}" y1="{legend_y:.1}" x2="{:.1}" y2="{legend_y:.1}" stroke="{color}" stroke-width="3"/>"#,
+            legend_x + 20.0
+        );
         let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}">{}</text>"#, legend_x + 26.0, legend_y + 4.0, escape(name));
     }
     svg.push_str("</svg>\n");
@@ -112,7 +150,10 @@ mod tests {
             crate::stats::record_micros(&mut histogram, micros);
         }
         let percentiles = Percentiles::from_histogram(&histogram);
-        let svg = render("test <run>", &[("produce-ack", &percentiles), ("end-to-end", &percentiles), ("fetch", &Percentiles::default())]);
+        let svg = render(
+            "test <run>",
+            &[("produce-ack", &percentiles), ("end-to-end", &percentiles), ("fetch", &Percentiles::default())],
+        );
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("test &lt;run&gt;"));
         assert!(svg.trim_end().ends_with("</svg>"));

@@ -26,10 +26,8 @@ fn run_bench(extra_args: &[&str]) -> Value {
     let dir = tempfile::tempdir().expect("temp dir");
     let json_path = dir.path().join("report.json");
     let svg_path = dir.path().join("latency.svg");
-    let broker_cmd = format!(
-        "{} serve --listen 127.0.0.1:0 --data-dir {{data_dir}} --shards 2",
-        weir_binary().display()
-    );
+    let broker_cmd =
+        format!("{} serve --listen 127.0.0.1:0 --data-dir {{data_dir}} --shards 2", weir_binary().display());
     let output = Command::new(env!("CARGO_BIN_EXE_weir-bench"))
         .args(["run", "--broker-cmd", &broker_cmd, "--threads", "1", "--json"])
         .arg(&json_path)
@@ -151,7 +149,8 @@ fn compare_prints_ratios() {
     std::fs::write(&a, serde_json::to_string(&report).unwrap()).unwrap();
     std::fs::write(&b, serde_json::to_string(&faster).unwrap()).unwrap();
 
-    let output = Command::new(env!("CARGO_BIN_EXE_weir-bench")).arg("compare").arg(&a).arg(&b).output().expect("compare");
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_weir-bench")).arg("compare").arg(&a).arg(&b).output().expect("compare");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout.lines().find(|line| line.starts_with("produced msg/s")).expect("throughput row");
