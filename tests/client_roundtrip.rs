@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::Broker;
 use weir::client::{
-    Acks, Client, ClientConfig, Compression, Consumer, ConsumerConfig, ConsumerRecord, NewTopic, OffsetSpec, Producer,
-    ProducerConfig, ProducerRecord, RecordHeader, StartOffset,
+    Acks, Client, ClientConfig, Compression, Consumer, ConsumerConfig, ConsumerRecord, GroupConfig, GroupConsumer,
+    NewTopic, OffsetSpec, Producer, ProducerConfig, ProducerRecord, RecordHeader, StartOffset,
 };
 use weir::runtime::block_on;
 
@@ -223,4 +223,108 @@ fn delete_topic_then_produce_reports_kafka_code() {
         };
         assert_eq!(error.kafka_code(), Some(3), "{error}");
     });
+}
+
+fn group_config(group: &str) -> GroupConfig {
+    GroupConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        session_timeout: Duration::from_secs(6),
+        rebalance_timeout: Duration::from_secs(5),
+        ..GroupConfig::new(group)
+    }
+}
+
+async fn join_group(bootstrap: &str, group: &str, topic: &str) -> GroupConsumer {
+    let client = Client::connect(ClientConfig::new(bootstrap)).await.expect("connect");
+    let config = ConsumerConfig { fetch_max_wait: Duration::from_millis(50), ..ConsumerConfig::default() };
+    GroupConsumer::join(client, config, group_config(group), &[topic]).await.expect("join group")
+}
+
+async fn produce_values(client: &Client, topic: &str, first: usize, count: usize) {
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).expect("producer");
+    for index in first..first + count {
+        let value = format!("value-{index}");
+        let record = ProducerRecord {
+            partition: Some(index as i32 % PARTITIONS),
+            ..ProducerRecord::new(topic, value.as_bytes())
+        };
+        producer.send(record).await.expect("send");
+    }
+    producer.flush().await;
+}
+
+fn assigned_partitions(member: &GroupConsumer) -> Vec<i32> {
+    member.assignment().iter().flat_map(|(_, partitions)| partitions.iter().copied()).collect()
+}
+
+#[test]
+fn group_members_split_partitions_and_resume_from_commits() {
+    let broker = Broker::start(&[]);
+    let bootstrap = broker.bootstrap.clone();
+    block_on(async move {
+        let client = Client::connect(ClientConfig::new(&bootstrap)).await.expect("connect");
+        create_topic(&client, "grouped").await;
+        produce_values(&client, "grouped", 0, 400).await;
+
+        let mut first = join_group(&bootstrap, "readers", "grouped").await;
+        assert_eq!(assigned_partitions(&first), vec![0, 1, 2, 3], "a lone member gets every partition");
+        let first_generation = first.generation_id();
+
+        // The second join completes only once the first member rejoins,
+        // which it does on its next poll after a heartbeat sees the rebalance.
+        let deadline = Instant::now() + FETCH_DEADLINE;
+        let mut first_records = Vec::new();
+        let (mut second, ()) = futures::join!(join_group(&bootstrap, "readers", "grouped"), async {
+            while first.generation_id() == first_generation {
+                assert!(Instant::now() < deadline, "the first member never rejoined");
+                let (mut records, _) = first.poll(Duration::from_millis(100)).await.expect("poll");
+                first_records.append(&mut records);
+            }
+        });
+        assert_eq!(first.generation_id(), second.generation_id());
+        let mut split = assigned_partitions(&first);
+        split.extend(assigned_partitions(&second));
+        split.sort_unstable();
+        assert_eq!(split, vec![0, 1, 2, 3], "partitions split without overlap");
+        assert_eq!(assigned_partitions(&first).len(), 2);
+
+        // Whatever the first member read before the rebalance was not
+        // committed, so the new owners read it again: count distinct values.
+        let mut seen = std::collections::BTreeSet::new();
+        for record in &first_records {
+            seen.insert(record.value.clone().expect("value"));
+        }
+        while seen.len() < 400 {
+            assert!(Instant::now() < deadline, "read {} of 400 distinct values", seen.len());
+            for member in [&mut first, &mut second] {
+                let (records, errors) = member.poll(Duration::from_millis(100)).await.expect("poll");
+                assert!(errors.is_empty(), "{errors:?}");
+                for record in records {
+                    seen.insert(record.value.expect("value"));
+                }
+            }
+        }
+        assert_eq!(seen.len(), 400);
+        first.commit().await.expect("commit first");
+        second.commit().await.expect("commit second");
+
+        // After the first member leaves, the second owns every partition
+        // and resumes at the committed offsets: only new records arrive.
+        first.leave().await.expect("leave");
+        produce_values(&client, "grouped", 400, 40).await;
+        let mut fresh = Vec::new();
+        while fresh.len() < 40 {
+            assert!(Instant::now() < deadline, "read {} of 40 new records", fresh.len());
+            let (mut records, _) = second.poll(Duration::from_millis(100)).await.expect("poll");
+            fresh.append(&mut records);
+        }
+        assert_eq!(assigned_partitions(&second), vec![0, 1, 2, 3]);
+        let mut values: Vec<String> =
+            fresh.iter().map(|record| String::from_utf8(record.value.clone().unwrap().to_vec()).unwrap()).collect();
+        values.sort();
+        let mut expected: Vec<String> = (400..440).map(|index| format!("value-{index}")).collect();
+        expected.sort();
+        assert_eq!(values, expected, "only records after the commits are read again");
+    });
+    drop(broker);
 }

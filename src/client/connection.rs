@@ -61,6 +61,13 @@ pub fn client_versions(api_key: i16) -> Option<(i16, i16)> {
         ApiKey::DeleteTopics => (1, 6),
         ApiKey::FindCoordinator => (0, 4),
         ApiKey::InitProducerId => (0, 5),
+        ApiKey::JoinGroup => (0, 9),
+        ApiKey::SyncGroup => (0, 5),
+        ApiKey::Heartbeat => (0, 4),
+        ApiKey::LeaveGroup => (0, 5),
+        ApiKey::OffsetCommit => (2, 9),
+        // Versions 8 and later name groups in a list; one group per request suffices.
+        ApiKey::OffsetFetch => (1, 7),
         _ => return None,
     };
     Some(range)
@@ -78,6 +85,12 @@ pub fn api_name(api_key: i16) -> &'static str {
         Ok(ApiKey::DeleteTopics) => "DeleteTopics",
         Ok(ApiKey::FindCoordinator) => "FindCoordinator",
         Ok(ApiKey::InitProducerId) => "InitProducerId",
+        Ok(ApiKey::JoinGroup) => "JoinGroup",
+        Ok(ApiKey::SyncGroup) => "SyncGroup",
+        Ok(ApiKey::Heartbeat) => "Heartbeat",
+        Ok(ApiKey::LeaveGroup) => "LeaveGroup",
+        Ok(ApiKey::OffsetCommit) => "OffsetCommit",
+        Ok(ApiKey::OffsetFetch) => "OffsetFetch",
         _ => "request",
     }
 }

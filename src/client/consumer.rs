@@ -138,6 +138,16 @@ impl Consumer {
         &self.client
     }
 
+    pub fn config(&self) -> &ConsumerConfig {
+        &self.config
+    }
+
+    /// Drops every assignment. Fetches in flight complete, and their data
+    /// is discarded.
+    pub fn unassign_all(&mut self) {
+        self.positions.clear();
+    }
+
     /// Adds partitions of `topic` (all of them when `partitions` is None),
     /// each starting at `start`.
     pub async fn assign(

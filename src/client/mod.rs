@@ -13,6 +13,8 @@
 //!   batch to its partition's leader with acks 0, 1 or -1.
 //! - [`Consumer`] fetches assigned partitions from their leaders, keeping one
 //!   fetch in flight per broker, and decodes the batches.
+//! - [`GroupConsumer`] gets its partitions from a consumer group coordinator
+//!   (JoinGroup/SyncGroup with range assignment) and commits offsets.
 //!
 //! Requests always go to the partition's leader as Metadata names it. Weir
 //! advertises each shard as its own broker, so this routes every produce and
@@ -25,6 +27,7 @@ mod cluster;
 pub mod connection;
 mod consumer;
 mod error;
+mod group;
 mod producer;
 mod sync;
 
@@ -33,6 +36,7 @@ pub use cluster::{Client, ClientConfig, NewTopic, OffsetSpec, PartitionMetadata,
 pub use connection::{Connection, ConnectionConfig};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, FetchedPartition, PollOutcome, StartOffset};
 pub use error::{kafka_error_name, ClientError};
+pub use group::{range_assign, GroupConfig, GroupConsumer};
 pub use producer::{
     murmur2, partition_for_key, Acks, BatchReport, DeliveryFuture, Producer, ProducerConfig, ProducerRecord,
     RecordMetadata,

@@ -28,6 +28,9 @@ pub struct RunConfig {
     pub consumers: usize,
     /// Each group reads every partition once (fan-out = number of groups).
     pub consumer_groups: usize,
+    /// How consumers get partitions: "group" (the broker's group
+    /// coordinator) or "direct" (split round-robin by the bench).
+    pub consumer_assignment: String,
     pub message_size: usize,
     /// Distinct keys (0 sends keyless records spread by the sticky partitioner).
     pub key_spread: u64,
@@ -63,6 +66,7 @@ impl Default for RunConfig {
             producers: 1,
             consumers: 1,
             consumer_groups: 1,
+            consumer_assignment: "group".to_string(),
             message_size: 1024,
             key_spread: 0,
             batch_size: 128 * 1024,
@@ -129,6 +133,9 @@ impl RunConfig {
         }
         if self.consumer_groups > 0 && self.consumers == 0 {
             bail!("consumers must be at least 1 when consumer_groups is {}", self.consumer_groups);
+        }
+        if !matches!(self.consumer_assignment.as_str(), "group" | "direct") {
+            bail!("consumer_assignment must be \"group\" or \"direct\", got {:?}", self.consumer_assignment);
         }
         if self.message_size < TIMESTAMP_BYTES {
             bail!(

@@ -104,6 +104,9 @@ struct RunArgs {
     /// Consumer groups, each reading every partition.
     #[arg(long)]
     consumer_groups: Option<usize>,
+    /// "group" (partitions from the broker's group coordinator) or "direct".
+    #[arg(long)]
+    consumer_assignment: Option<String>,
     /// Message value size in bytes (at least 8).
     #[arg(long)]
     message_size: Option<usize>,
@@ -266,6 +269,7 @@ fn build_config(args: &RunArgs) -> Result<RunConfig> {
         producers,
         consumers,
         consumer_groups,
+        consumer_assignment,
         message_size,
         key_spread,
         batch_size,
@@ -333,8 +337,11 @@ fn run_with_broker(
     let cpus: Vec<Option<usize>> = (0..thread_count).map(|index| Some(available[index % available.len()])).collect();
     weir::runtime::ensure_memlock(thread_count + 1)?;
 
+    let run_id =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
     let plan = Arc::new(Plan {
         config: config.clone(),
+        run_id,
         bootstrap: config.bootstrap.clone(),
         topics: config.topic_names(),
         cpus,

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use weir::client::batch::parse_compression;
 use weir::client::{
-    BatchReport, Client, ClientConfig, ConnectionConfig, Consumer, ConsumerConfig, Producer, ProducerConfig,
-    ProducerRecord, StartOffset,
+    BatchReport, Client, ClientConfig, ClientError, ConnectionConfig, Consumer, ConsumerConfig, GroupConfig,
+    GroupConsumer, PollOutcome, Producer, ProducerConfig, ProducerRecord, StartOffset,
 };
 use weir::runtime::{sleep, spawn_local, yield_if_needed};
 
@@ -43,6 +43,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 /// A producer or consumer that fails this many times in a row pauses this
 /// long before the next attempt, so a dead broker does not spin the CPU.
 const ERROR_BACKOFF: Duration = Duration::from_millis(20);
+/// Maximum time producers wait for consumers to join their groups.
+const CONSUMER_START_TIMEOUT: Duration = Duration::from_secs(60);
+const CONSUMER_START_POLL: Duration = Duration::from_millis(5);
 /// Sleep only when the next message is due this far ahead; nearer sends go
 /// out at once (their latency still counts from the intended time).
 const SLEEP_THRESHOLD: Duration = Duration::from_micros(50);
@@ -74,6 +77,8 @@ pub struct StageResult {
 /// Settings every thread reads.
 pub struct Plan {
     pub config: RunConfig,
+    /// Distinguishes this run's consumer group ids from earlier runs'.
+    pub run_id: u64,
     pub bootstrap: String,
     pub topics: Vec<String>,
     pub cpus: Vec<Option<usize>>,
@@ -82,6 +87,9 @@ pub struct Plan {
 struct Control {
     stop: AtomicBool,
     producers_running: AtomicUsize,
+    /// Consumers that have not fixed their start positions yet. Producers
+    /// wait for 0, so consumers starting at the log end miss no message.
+    consumers_starting: AtomicUsize,
     started: Instant,
 }
 
@@ -96,6 +104,11 @@ pub fn run_stage(plan: &Arc<Plan>, stage: &Stage, interrupted: &Arc<AtomicBool>)
     let control = Arc::new(Control {
         stop: AtomicBool::new(false),
         producers_running: AtomicUsize::new(plan.config.producers),
+        consumers_starting: AtomicUsize::new(if stage.with_consumers {
+            plan.config.consumers * plan.config.consumer_groups
+        } else {
+            0
+        }),
         started: Instant::now(),
     });
     let (sender, receiver) = mpsc::channel::<ThreadMessage>();
@@ -213,6 +226,7 @@ async fn bench_thread(
                 let slot = plan.config.producers + group * consumers + member;
                 if slot % thread_count == thread {
                     tasks.push(spawn_local(run_consumer(
+                        group,
                         member,
                         plan.clone(),
                         stage.clone(),
@@ -370,6 +384,7 @@ async fn produce(
 
     let producer_rate = stage.rate / config.producers as f64;
     let send_interval = (producer_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / producer_rate));
+    wait_for_consumers(control).await;
     let mut next_due = Instant::now();
     let mut sent = 0u64;
     let mut consecutive_errors = 0u32;
@@ -440,51 +455,102 @@ async fn produce(
 }
 
 async fn run_consumer(
+    group: usize,
     member: usize,
     plan: Arc<Plan>,
     stage: Arc<Stage>,
     control: Arc<Control>,
     stats: Rc<RefCell<Interval>>,
 ) {
-    if let Err(err) = consume(member, &plan, &stage, &control, &stats).await {
-        eprintln!("weir-bench: consumer {member} stopped: {err:#}");
+    let mut ready = StartGate { control: &control, open: false };
+    if let Err(err) = consume(group, member, &plan, &stage, &control, &stats, &mut ready).await {
+        eprintln!("weir-bench: consumer {member} of group {group} stopped: {err:#}");
         stats.borrow_mut().record_error(None, 1);
     }
 }
 
+/// Counts a consumer as started once, when it has its start positions or
+/// when it gives up.
+struct StartGate<'a> {
+    control: &'a Control,
+    open: bool,
+}
+
+impl StartGate<'_> {
+    fn open(&mut self) {
+        if !self.open {
+            self.open = true;
+            self.control.consumers_starting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for StartGate<'_> {
+    fn drop(&mut self) {
+        self.open();
+    }
+}
+
+/// Waits until every consumer fixed its start positions (or the stage stops).
+async fn wait_for_consumers(control: &Control) {
+    let deadline = Instant::now() + CONSUMER_START_TIMEOUT;
+    while control.consumers_starting.load(Ordering::Acquire) > 0 && !control.stop.load(Ordering::Relaxed) {
+        if Instant::now() >= deadline {
+            eprintln!(
+                "weir-bench: consumers did not start within {} s; producing anyway",
+                CONSUMER_START_TIMEOUT.as_secs()
+            );
+            return;
+        }
+        sleep(CONSUMER_START_POLL).await;
+    }
+}
+
+/// A consumer whose partitions come from the group coordinator or from
+/// the bench's own round-robin split.
+enum BenchConsumer {
+    Direct(Consumer),
+    Group(GroupConsumer),
+}
+
+impl BenchConsumer {
+    async fn poll_batches(&mut self, timeout: Duration) -> Result<PollOutcome, ClientError> {
+        match self {
+            BenchConsumer::Direct(consumer) => consumer.poll_batches(timeout).await,
+            BenchConsumer::Group(consumer) => consumer.poll_batches(timeout).await,
+        }
+    }
+}
+
 async fn consume(
+    group: usize,
     member: usize,
     plan: &Plan,
     stage: &Stage,
     control: &Control,
     stats: &Rc<RefCell<Interval>>,
+    ready: &mut StartGate<'_>,
 ) -> Result<()> {
     let config = &plan.config;
     let client = Client::connect(client_config(plan, member, "consumer")).await.context("failed to connect")?;
     let fetch_max_wait = Duration::from_millis(config.fetch_max_wait_ms);
-    let mut consumer = Consumer::new(client.clone(), ConsumerConfig { fetch_max_wait, ..ConsumerConfig::default() });
+    let consumer_config =
+        ConsumerConfig { fetch_max_wait, reset_to: stage.consumer_start, ..ConsumerConfig::default() };
 
-    // NOTE: partitions are assigned directly, round-robin over the group's
-    // members, instead of through a group coordinator.
-    let mut assigned = 0;
-    for (topic_index, topic) in plan.topics.iter().enumerate() {
-        let partitions: Vec<i32> = (0..config.partitions)
-            .filter(|partition| {
-                (topic_index * config.partitions as usize + *partition as usize) % config.consumers == member
-            })
-            .collect();
-        if partitions.is_empty() {
-            continue;
-        }
-        assigned += partitions.len();
-        consumer
-            .assign(topic, Some(&partitions), stage.consumer_start)
+    let mut consumer = if config.consumer_assignment == "group" {
+        let group_id = format!("{}-group-{group}-{}", config.topic, plan.run_id);
+        let topics: Vec<&str> = plan.topics.iter().map(String::as_str).collect();
+        let joined = GroupConsumer::join(client.clone(), consumer_config, GroupConfig::new(&group_id), &topics)
             .await
-            .with_context(|| format!("failed to assign {topic}"))?;
-    }
-    if assigned == 0 {
-        return Ok(());
-    }
+            .with_context(|| format!("failed to join consumer group {group_id}"))?;
+        BenchConsumer::Group(joined)
+    } else {
+        match assign_directly(member, plan, stage, Consumer::new(client.clone(), consumer_config)).await? {
+            Some(consumer) => BenchConsumer::Direct(consumer),
+            None => return Ok(()),
+        }
+    };
+    ready.open();
 
     let poll_timeout = (fetch_max_wait * 2).max(Duration::from_millis(200));
     let drain = Duration::from_secs(config.drain_secs);
@@ -549,11 +615,46 @@ async fn consume(
         yield_if_needed().await;
     }
 
+    if let BenchConsumer::Group(member) = consumer {
+        // Leaving commits the positions and lets the other members take
+        // over at once; a failure here does not change the results.
+        if let Err(err) = member.leave().await {
+            tracing::debug!(target: "weir_bench", error = %err, "leaving the consumer group failed");
+        }
+    }
     let (sent_bytes, received_bytes) = client.byte_counts();
     let mut stats = stats.borrow_mut();
     stats.wire_sent_bytes += sent_bytes;
     stats.wire_received_bytes += received_bytes;
     Ok(())
+}
+
+/// Assigns this member its round-robin share of every topic's partitions.
+/// Returns None when the share is empty.
+async fn assign_directly(
+    member: usize,
+    plan: &Plan,
+    stage: &Stage,
+    mut consumer: Consumer,
+) -> Result<Option<Consumer>> {
+    let config = &plan.config;
+    let mut assigned = 0;
+    for (topic_index, topic) in plan.topics.iter().enumerate() {
+        let partitions: Vec<i32> = (0..config.partitions)
+            .filter(|partition| {
+                (topic_index * config.partitions as usize + *partition as usize) % config.consumers == member
+            })
+            .collect();
+        if partitions.is_empty() {
+            continue;
+        }
+        assigned += partitions.len();
+        consumer
+            .assign(topic, Some(&partitions), stage.consumer_start)
+            .await
+            .with_context(|| format!("failed to assign {topic}"))?;
+    }
+    Ok((assigned > 0).then_some(consumer))
 }
 
 /// Creates the run's topics (reusing existing ones with the right

@@ -139,7 +139,23 @@ fn bad_workload_names_the_field() {
 
 #[test]
 fn compare_prints_ratios() {
-    let report = run_bench(&["--partitions", "2", "--rate", "1000", "--warmup-secs", "0", "--duration-secs", "1"]);
+    let report = run_bench(&[
+        "--partitions",
+        "2",
+        "--consumer-assignment",
+        "direct",
+        "--rate",
+        "1000",
+        "--warmup-secs",
+        "0",
+        "--duration-secs",
+        "1",
+    ]);
+    assert_eq!(
+        number(&report, &["all_phases", "consumed_messages"]),
+        number(&report, &["all_phases", "acknowledged_messages"]),
+        "a directly assigned consumer reads everything"
+    );
     let dir = tempfile::tempdir().expect("temp dir");
     let a = dir.path().join("a.json");
     let mut faster = report.clone();
