@@ -10,7 +10,7 @@
 //! Fetches are sessionless (session id 0, epoch -1): every request lists
 //! all of the leader's assigned partitions.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -381,15 +381,16 @@ impl Consumer {
             return;
         }
 
+        let requested: HashMap<(&str, i32), (&Rc<str>, i64)> =
+            requested.iter().map(|(topic, partition, offset)| ((&**topic, *partition), (topic, *offset))).collect();
         for topic_response in response.responses {
             let topic_str = topic_response.topic.0.as_str();
             for partition_data in topic_response.partitions {
                 let partition = partition_data.partition_index;
-                let Some((topic, _, fetch_offset)) =
-                    requested.iter().find(|(t, p, _)| &**t == topic_str && *p == partition).cloned()
-                else {
+                let Some(&(topic, fetch_offset)) = requested.get(&(topic_str, partition)) else {
                     continue;
                 };
+                let topic = topic.clone();
                 let key = (topic.clone(), partition);
                 // A seek while the fetch was in flight makes its data stale.
                 if self.positions.get(&key) != Some(&fetch_offset) {

@@ -722,7 +722,8 @@ async fn dispatch_ready(inner: &Rc<Inner>, now: Instant) -> (Option<Instant>, bo
     }
     finished.extend(drafts.into_values());
 
-    // Partitions that still hold sealed batches stay listed as ready.
+    // Partitions that still hold sealed batches stay listed as ready. They
+    // kept `listed_ready` set during the round, so nothing listed them twice.
     {
         let mut topics = inner.topics.borrow_mut();
         let mut ready = inner.ready.borrow_mut();
@@ -731,9 +732,8 @@ async fn dispatch_ready(inner: &Rc<Inner>, now: Instant) -> (Option<Instant>, bo
                 &mut topics.get_mut(&topic).expect("visited partition has a queue").partitions[partition as usize];
             if queue.sealed.is_empty() {
                 queue.listed_ready = false;
-            } else if !ready.iter().any(|(t, p)| *p == partition && t == &topic) {
+            } else {
                 ready.push_back((topic, partition));
-                queue.listed_ready = true;
             }
         }
     }

@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -47,9 +48,12 @@ impl BrokerProcess {
         let log_path = data_dir.path().join("broker.log");
         let log = std::fs::File::create(&log_path).context("failed to create the broker log")?;
 
+        // A process group of its own keeps a terminal's Ctrl-C from reaching
+        // the broker, so the bench can still drain and read its offsets.
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(format!("exec {command}"))
+            .process_group(0)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()

@@ -40,9 +40,11 @@ const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Extra time, beyond the drain time, that stopped threads get to finish
 /// their last requests before the run is reported without them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
-/// A producer or consumer that fails this many times in a row pauses this
-/// long before the next attempt, so a dead broker does not spin the CPU.
+/// Pause after a failed poll, and after each send once more than
+/// `SEND_ERRORS_BEFORE_BACKOFF` sends in a row failed, so that a dead broker
+/// does not spin the CPU.
 const ERROR_BACKOFF: Duration = Duration::from_millis(20);
+const SEND_ERRORS_BEFORE_BACKOFF: u32 = 10;
 /// Maximum time producers wait for consumers to join their groups.
 const CONSUMER_START_TIMEOUT: Duration = Duration::from_secs(60);
 const CONSUMER_START_POLL: Duration = Duration::from_millis(5);
@@ -437,7 +439,7 @@ async fn produce(
             Err(err) => {
                 stats.borrow_mut().record_error(err.kafka_code(), 1);
                 consecutive_errors += 1;
-                if consecutive_errors > 10 {
+                if consecutive_errors > SEND_ERRORS_BEFORE_BACKOFF {
                     sleep(ERROR_BACKOFF).await;
                 }
             }
