@@ -18,6 +18,7 @@ pub use glommio::channels::channel_mesh::{Receivers as MeshReceivers, Senders as
 pub use glommio::io::{DmaBuffer, DmaFile, ReadResult};
 pub use glommio::net::{TcpListener, TcpStream};
 pub use glommio::timer::{sleep, Timer};
+pub use glommio::channels::local_channel::{new_bounded as local_bounded_channel, LocalReceiver, LocalSender};
 pub use glommio::{spawn_local, yield_if_needed, Task};
 
 /// Locked memory each executor needs for glommio's registered buffers.
@@ -148,11 +149,13 @@ impl ShardThreads {
     }
 }
 
-/// Starts one executor per entry of `cpus` (None leaves a shard unpinned),
-/// each running `make_main(shard_id)` to completion.
-pub fn start_shards<F, Fut>(cpus: &[Option<usize>], make_main: F) -> Result<ShardThreads, RuntimeError>
+/// Starts one executor per entry of `cpus` (None leaves a shard unpinned).
+/// `make_main(shard_id)` runs on the calling thread and returns the closure
+/// that builds the shard's main future on the shard's own thread.
+pub fn start_shards<F, G, Fut>(cpus: &[Option<usize>], mut make_main: F) -> Result<ShardThreads, RuntimeError>
 where
-    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    F: FnMut(usize) -> G,
+    G: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
     let mut handles = Vec::with_capacity(cpus.len());
@@ -161,10 +164,10 @@ where
             Some(cpu) => glommio::Placement::Fixed(cpu),
             None => glommio::Placement::Unbound,
         };
-        let make_main = make_main.clone();
+        let shard_main = make_main(shard);
         let handle = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("weir-shard-{shard}"))
-            .spawn(move || make_main(shard))
+            .spawn(shard_main)
             .map_err(|err| RuntimeError::Spawn {
                 shard,
                 cpu,

@@ -1,0 +1,220 @@
+//! Broker start-up and shutdown: binds one listener per shard, starts the
+//! pinned shard executors, opens their logs, and stops them on request.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use futures::channel::oneshot;
+
+use super::{BrokerAddress, Shard, ShardMessage};
+use crate::config::BrokerConfig;
+use crate::metadata::{self, MetadataChange, MetadataView};
+use crate::runtime::{self, Mesh, TcpListener};
+
+/// Messages each mesh channel holds before a sender waits.
+const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// Time a shard gets to open its logs before start-up is declared failed.
+const SHARD_START_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A running broker.
+pub struct BrokerHandle {
+    /// Listen address of every shard; shard 0's is the bootstrap address.
+    pub shard_addresses: Vec<SocketAddr>,
+    stop_senders: Vec<oneshot::Sender<()>>,
+    threads: runtime::ShardThreads,
+}
+
+impl BrokerHandle {
+    /// The address clients bootstrap from.
+    pub fn bootstrap(&self) -> SocketAddr {
+        self.shard_addresses[0]
+    }
+
+    /// Asks every shard to close its logs and stop, then waits for them.
+    pub fn shutdown(self) -> anyhow::Result<()> {
+        for sender in self.stop_senders {
+            let _ = sender.send(());
+        }
+        self.threads.join()?;
+        Ok(())
+    }
+}
+
+/// Starts the broker and returns once every shard serves.
+pub fn run_broker(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
+    let config = Arc::new(config);
+    let cpus = runtime::available_cpus();
+    let shard_count = config.shards.unwrap_or(cpus.len()).max(1);
+    let memlock_bytes = runtime::ensure_memlock(shard_count)?;
+    tracing::info!(target: "weir::broker", shards = shard_count, data_dir = %config.data_dir.display(),
+        listen = %config.listen, memlock_bytes, "starting broker");
+    tracing::info!(target: "weir::broker", config = ?config, "configuration");
+
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|err| anyhow::anyhow!("failed to create data dir {}: {err}", config.data_dir.display()))?;
+    let mut view = metadata::load(&config.data_dir)?;
+    if view.cluster_id.is_empty() {
+        let change = MetadataChange::ClusterId { cluster_id: new_cluster_id() };
+        metadata::append(&config.data_dir, std::slice::from_ref(&change))?;
+        view.apply(&change);
+    }
+    tracing::info!(target: "weir::broker", cluster_id = %view.cluster_id, topics = view.topics.len(), "loaded metadata");
+
+    let (listener_fds, shard_addresses) = bind_listeners(&config, shard_count)?;
+    let advertised_host = config.advertised_host.clone().unwrap_or_else(|| match config.listen.ip() {
+        ip if ip.is_unspecified() => "localhost".to_string(),
+        ip => ip.to_string(),
+    });
+    let brokers: Vec<BrokerAddress> = shard_addresses
+        .iter()
+        .enumerate()
+        .map(|(shard, address)| BrokerAddress { node_id: shard as i32, host: advertised_host.clone(), port: address.port() })
+        .collect();
+
+    let pinned: Vec<Option<usize>> = (0..shard_count)
+        .map(|shard| if config.pin_shards && shard_count <= cpus.len() { Some(cpus[shard]) } else { None })
+        .collect();
+    let mesh = Mesh::<ShardMessage>::new(shard_count, MESH_CHANNEL_CAPACITY);
+    let (ready_sender, ready_receiver) = mpsc::channel::<Result<usize, String>>();
+    let mut stop_senders = Vec::new();
+    let shared = Arc::new(StartParams { config: config.clone(), brokers, view, listener_fds, shard_count });
+    let threads = runtime::start_shards(&pinned, |shard_id| {
+        let (stop_sender, stop) = oneshot::channel::<()>();
+        stop_senders.push(stop_sender);
+        let shared = shared.clone();
+        let mesh = mesh.clone();
+        let ready = ready_sender.clone();
+        move || shard_main(shard_id, shared, mesh, ready, stop)
+    })?;
+
+    for _ in 0..shard_count {
+        match ready_receiver.recv_timeout(SHARD_START_TIMEOUT) {
+            Ok(Ok(_)) => {}
+            Ok(Err(message)) => anyhow::bail!("{message}"),
+            Err(_) => anyhow::bail!("shards did not start within {SHARD_START_TIMEOUT:?}"),
+        }
+    }
+    Ok(BrokerHandle { shard_addresses, stop_senders, threads })
+}
+
+struct StartParams {
+    config: Arc<BrokerConfig>,
+    brokers: Vec<BrokerAddress>,
+    view: MetadataView,
+    listener_fds: Vec<RawFd>,
+    shard_count: usize,
+}
+
+async fn shard_main(
+    shard_id: usize,
+    params: Arc<StartParams>,
+    mesh: Mesh<ShardMessage>,
+    ready: mpsc::Sender<Result<usize, String>>,
+    stop: oneshot::Receiver<()>,
+) {
+    let (senders, mut receivers) = match mesh.join().await {
+        Ok(pair) => pair,
+        Err(err) => {
+            let _ = ready.send(Err(format!("shard {shard_id}: {err}")));
+            return;
+        }
+    };
+    assert_eq!(senders.peer_id(), shard_id, "mesh peer ids must follow shard ids");
+
+    let shard = Rc::new(Shard {
+        id: shard_id,
+        count: params.shard_count,
+        config: params.config.clone(),
+        brokers: params.brokers.clone(),
+        metadata: RefCell::new(params.view.clone()),
+        partitions: RefCell::new(HashMap::new()),
+        senders,
+    });
+
+    for (peer, receiver) in receivers.streams() {
+        let shard = shard.clone();
+        runtime::spawn_local(async move {
+            while let Some(message) = receiver.recv().await {
+                let shard = shard.clone();
+                runtime::spawn_local(async move { shard.handle(message).await }).detach();
+            }
+            tracing::debug!(target: "weir::shard", shard = shard.id, peer, "mesh channel closed");
+        })
+        .detach();
+    }
+
+    if let Err(err) = shard.open_owned_logs().await {
+        let _ = ready.send(Err(format!("shard {shard_id} failed to open its logs: {err}")));
+        return;
+    }
+
+    // SAFETY-free: the fd came from a std listener that nothing else owns.
+    let listener = unsafe_listener(params.listener_fds[shard_id]);
+    let accept_task = runtime::spawn_local(crate::net::accept_loop(shard.clone(), listener));
+    let retention_task = runtime::spawn_local(retention_loop(shard.clone()));
+    tracing::info!(target: "weir::shard", shard = shard_id, address = %format!("{}:{}", shard.brokers[shard_id].host, shard.brokers[shard_id].port),
+        "shard serving");
+    let _ = ready.send(Ok(shard_id));
+
+    let _ = stop.await;
+    drop(accept_task);
+    drop(retention_task);
+    shard.close_all_logs_for_shutdown().await;
+    tracing::info!(target: "weir::shard", shard = shard_id, "shard stopped");
+}
+
+impl Shard {
+    async fn close_all_logs_for_shutdown(self: &Rc<Self>) {
+        let (reply, _receiver) = oneshot::channel();
+        self.handle(ShardMessage::Shutdown { reply }).await;
+    }
+}
+
+#[allow(unsafe_code)]
+fn unsafe_listener(fd: RawFd) -> TcpListener {
+    // SAFETY: `fd` is an open, listening TCP socket created by `bind_listeners`
+    // and handed to exactly one shard, which becomes its only owner.
+    unsafe { TcpListener::from_raw_fd(fd) }
+}
+
+async fn retention_loop(shard: Rc<Shard>) {
+    let interval = Duration::from_millis(shard.config.log_retention_check_interval_ms.max(1_000));
+    loop {
+        runtime::sleep(interval).await;
+        let logs: Vec<_> = shard.partitions.borrow().values().flat_map(|logs| logs.values().cloned()).collect();
+        let now = super::partition_ops::now_ms();
+        for log in logs {
+            if let Err(err) = log.enforce_retention(now).await {
+                tracing::warn!(target: "weir::shard", shard = shard.id, error = %err, "retention failed");
+            }
+        }
+    }
+}
+
+fn bind_listeners(config: &BrokerConfig, shard_count: usize) -> anyhow::Result<(Vec<RawFd>, Vec<SocketAddr>)> {
+    let mut fds = Vec::with_capacity(shard_count);
+    let mut addresses = Vec::with_capacity(shard_count);
+    for shard in 0..shard_count {
+        let mut address = config.listen;
+        if address.port() != 0 {
+            let port = u32::from(address.port()) + shard as u32;
+            anyhow::ensure!(port <= u32::from(u16::MAX), "shard {shard} would listen on port {port}, past 65535; lower the listen port");
+            address.set_port(port as u16);
+        }
+        let listener = StdTcpListener::bind(address)
+            .map_err(|err| anyhow::anyhow!("failed to listen on {address} for shard {shard}: {err}"))?;
+        addresses.push(listener.local_addr()?);
+        fds.push(listener.into_raw_fd());
+    }
+    Ok((fds, addresses))
+}
+
+fn new_cluster_id() -> String {
+    // Kafka cluster ids are 22-character URL-safe base64 UUIDs; a hex UUID works as well for clients.
+    uuid::Uuid::new_v4().simple().to_string()
+}
