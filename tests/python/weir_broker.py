@@ -20,6 +20,7 @@ WEIR_BIN = pathlib.Path(os.environ.get("WEIR_BIN", REPO_ROOT / "target" / "relea
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 LOG_TAIL_LINES = 60
+MAX_NOTABLE_LINES = 20
 
 READY_LINE = re.compile(r"^listening bootstrap=(\S+):(\d+)$")
 
@@ -79,6 +80,7 @@ class Broker:
         self.log_paths.append(log_path)
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
+        env.setdefault("NO_COLOR", "1")
 
         with open(log_path, "wb") as log_file:
             self.process = subprocess.Popen(
@@ -188,13 +190,27 @@ class Broker:
     # -- diagnostics --------------------------------------------------------
 
     def log_tail(self, lines=LOG_TAIL_LINES):
+        """Return the panics and errors of every log, then each log's last lines.
+
+        Backtraces can push a panic message out of the tail, so panic and
+        ERROR lines are listed first.
+        """
         parts = []
         for path in self.log_paths:
             try:
                 text = path.read_text(errors="replace").splitlines()
             except OSError as error:
                 text = [f"<cannot read log: {error}>"]
-            parts.append(f"--- {path} (last {lines} lines) ---")
+            notable = []
+            for number, line in enumerate(text):
+                if "panicked at" in line:
+                    notable.extend(text[number : number + 2])
+                elif " ERROR " in line:
+                    notable.append(line)
+            if notable:
+                parts.append(f"--- {path}: panics and errors (first {MAX_NOTABLE_LINES}) ---")
+                parts.extend(notable[:MAX_NOTABLE_LINES])
+            parts.append(f"--- {path}: last {lines} lines ---")
             parts.extend(text[-lines:])
         return "\n".join(parts)
 
