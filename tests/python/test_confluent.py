@@ -56,10 +56,10 @@ def topic_names(bootstrap):
     return set(admin_client(bootstrap).list_topics(timeout=10).topics)
 
 
-def create_error(bootstrap, new_topic, validate_only=False):
-    futures = admin_client(bootstrap).create_topics(
-        [new_topic], operation_timeout=30, validate_only=validate_only
-    )
+def create_error(bootstrap, new_topic):
+    # The futures fail with _DESTROY if the client is collected first.
+    admin = admin_client(bootstrap)
+    futures = admin.create_topics([new_topic], operation_timeout=30)
     with pytest.raises(KafkaException) as raised:
         futures[new_topic.topic].result(30)
     return raised.value.args[0]
@@ -100,7 +100,8 @@ def test_admin_delete_topic_removes_it(broker):
     produce_all([producer(broker.bootstrap)], "doomed", range(10), make_record, log)
     assert len(log.delivered) == 10
 
-    futures = admin_client(broker.bootstrap).delete_topics(["doomed"], operation_timeout=30)
+    admin = admin_client(broker.bootstrap)
+    futures = admin.delete_topics(["doomed"], operation_timeout=30)
     assert futures["doomed"].result(30) is None
 
     deadline = time.monotonic() + 30

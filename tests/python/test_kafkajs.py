@@ -68,14 +68,20 @@ def group_api_error(bootstrap):
         if api_key not in versions:
             return f"ApiVersions does not list api key {api_key}"
 
-    with wire.Connection(bootstrap) as connection:
-        body = connection.request(wire.find_coordinator_request(2, "weir-probe"), 2)
+    try:
+        with wire.Connection(bootstrap) as connection:
+            body = connection.request(wire.find_coordinator_request(2, "weir-probe"), 2)
+    except ConnectionError as error:
+        return f"FindCoordinator closed the connection: {error}"
     error_code, _, coordinator = wire.parse_find_coordinator_v0(body)
     if error_code != wire.ERROR_NONE:
         return f"FindCoordinator returned error {error_code}"
 
-    with wire.Connection(coordinator, timeout_s=30) as connection:
-        body = connection.request(wire.join_group_request(3, "weir-probe"), 3)
+    try:
+        with wire.Connection(coordinator, timeout_s=30) as connection:
+            body = connection.request(wire.join_group_request(3, "weir-probe"), 3)
+    except ConnectionError as error:
+        return f"JoinGroup closed the connection: {error}"
     (error_code,) = struct.unpack(">h", body[:2])
     if error_code != wire.ERROR_NONE:
         return f"JoinGroup returned error {error_code}"

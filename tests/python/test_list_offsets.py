@@ -41,7 +41,8 @@ def timed_topic(broker):
 def list_offsets(bootstrap, specs):
     """Run AdminClient.list_offsets for {(topic, partition): OffsetSpec}."""
     request = {TopicPartition("timed", p): spec for p, spec in specs.items()}
-    futures = admin_client(bootstrap).list_offsets(request, request_timeout=30)
+    admin = admin_client(bootstrap)
+    futures = admin.list_offsets(request, request_timeout=30)
     return {tp.partition: future.result(30) for tp, future in futures.items()}
 
 
