@@ -62,6 +62,9 @@ pub struct BrokerConfig {
     pub log_message_timestamp_type: TimestampType,
     /// Bytes of recent batches each partition keeps in memory for fetches.
     pub log_hot_cache_bytes: usize,
+    /// `queued.max.request.bytes`: request bytes one shard holds in memory
+    /// before its connections stop reading (at least socket.request.max.bytes).
+    pub queued_max_request_bytes: usize,
     /// Requests one connection may have in flight before reading pauses.
     pub connection_max_in_flight_requests: usize,
     pub group_min_session_timeout_ms: i32,
@@ -91,6 +94,7 @@ impl Default for BrokerConfig {
             log_flush_interval_ms: None,
             log_message_timestamp_type: TimestampType::CreateTime,
             log_hot_cache_bytes: 4 * 1024 * 1024,
+            queued_max_request_bytes: 256 * 1024 * 1024,
             connection_max_in_flight_requests: 64,
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 1_800_000,
@@ -163,6 +167,12 @@ impl BrokerConfig {
                 self.log_message_timestamp_type = parse_timestamp_type(key, value)?;
             }
             "log.hot.cache.bytes" => self.log_hot_cache_bytes = parse(key, value, "a byte count")?,
+            "queued.max.request.bytes" => {
+                let bytes: i64 = parse(key, value, "a byte count, or -1 for the default")?;
+                if bytes > 0 {
+                    self.queued_max_request_bytes = bytes as usize;
+                }
+            }
             "connection.max.in.flight.requests" => {
                 self.connection_max_in_flight_requests = parse(key, value, "a positive integer")?
             }
@@ -179,6 +189,11 @@ impl BrokerConfig {
             }
         }
         Ok(())
+    }
+
+    /// Request bytes a shard may hold: never less than one maximum-size request.
+    pub fn request_bytes_budget(&self) -> usize {
+        self.queued_max_request_bytes.max(self.socket_request_max_bytes)
     }
 
     /// The log settings for a partition of a topic with the given overrides

@@ -79,6 +79,10 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             Ok(None) => break None,
             Err(err) => break Some(err.to_string()),
         };
+        // Bounded memory: wait until the shard's request byte budget has room.
+        let Ok(permit) = shard.request_bytes.acquire_static_permit(frame.len() as u64).await else {
+            break Some("shard is stopping".to_string());
+        };
         let request = match protocol::decode_request(frame) {
             Ok(request) => request,
             Err(decode_error) => match decode_error.into_reply() {
@@ -93,7 +97,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
                 Err(message) => break Some(message),
             },
         };
-        let task = spawn_handler(shard.clone(), request);
+        let task = spawn_handler(shard.clone(), request, permit);
         if queue.send(task).await.is_err() {
             break Some("writer stopped".to_string());
         }
@@ -109,8 +113,12 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     tracing::debug!(target: "weir::net", shard = shard.id, peer = ?peer, "connection closed");
 }
 
-fn spawn_handler(shard: Rc<Shard>, request: Request) -> runtime::Task<Option<Vec<Bytes>>> {
-    runtime::spawn_local(async move { protocol::handle(&shard, request).await })
+fn spawn_handler(shard: Rc<Shard>, request: Request, permit: runtime::StaticPermit) -> runtime::Task<Option<Vec<Bytes>>> {
+    runtime::spawn_local(async move {
+        let response = protocol::handle(&shard, request).await;
+        drop(permit);
+        response
+    })
 }
 
 async fn write_chunks(writer: &mut StreamHalf, chunks: &[Bytes]) -> std::io::Result<()> {

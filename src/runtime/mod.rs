@@ -19,6 +19,7 @@ pub use glommio::io::{DmaBuffer, DmaFile, ReadResult};
 pub use glommio::net::{TcpListener, TcpStream};
 pub use glommio::timer::{sleep, Timer};
 pub use glommio::channels::local_channel::{new_bounded as local_bounded_channel, LocalReceiver, LocalSender};
+pub use glommio::sync::{Semaphore, StaticPermit};
 pub use glommio::{spawn_local, yield_if_needed, Task};
 
 /// Locked memory each executor needs for glommio's registered buffers.
@@ -60,6 +61,16 @@ pub fn ensure_memlock(shard_count: usize) -> Result<u64, RuntimeError> {
     }
     if limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= needed_bytes {
         return Ok(limit.rlim_cur);
+    }
+    // A privileged process (CAP_SYS_RESOURCE) may raise the hard limit too;
+    // otherwise raise the soft limit as far as the hard limit allows.
+    let privileged = libc::rlimit {
+        rlim_cur: needed_bytes,
+        rlim_max: if limit.rlim_max == libc::RLIM_INFINITY { limit.rlim_max } else { limit.rlim_max.max(needed_bytes) },
+    };
+    // SAFETY: setrlimit reads the struct we pass; failure is reported by rc.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &privileged) } == 0 {
+        return Ok(needed_bytes);
     }
     let wanted = if limit.rlim_max == libc::RLIM_INFINITY {
         needed_bytes

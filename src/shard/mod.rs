@@ -19,7 +19,7 @@ use futures::channel::oneshot;
 
 use crate::config::BrokerConfig;
 use crate::metadata::{self, MetadataView};
-use crate::runtime::MeshSenders;
+use crate::runtime::{self, MeshSenders};
 use crate::storage::PartitionLog;
 
 pub use messages::{FetchOutcome, ListOffsetOutcome, ProduceOutcome, ShardMessage, TopicCreateSpec, TopicResult};
@@ -44,6 +44,8 @@ pub struct Shard {
     /// Logs of the partitions this shard owns: topic -> partition -> log.
     partitions: RefCell<HashMap<String, HashMap<i32, PartitionLog>>>,
     senders: MeshSenders<ShardMessage>,
+    /// Budget of request bytes held in memory by this shard's connections.
+    pub request_bytes: Rc<runtime::Semaphore>,
 }
 
 impl Shard {

@@ -134,6 +134,7 @@ async fn shard_main(
         metadata: RefCell::new(params.view.clone()),
         partitions: RefCell::new(HashMap::new()),
         senders,
+        request_bytes: Rc::new(runtime::Semaphore::new(params.config.request_bytes_budget() as u64)),
     });
 
     for (peer, receiver) in receivers.streams() {
