@@ -189,6 +189,45 @@ where
     Ok(ShardThreads { handles })
 }
 
+/// Name of the small file [`prime_direct_io`] reads in a data directory.
+pub const DIRECT_IO_PROBE_FILE: &str = ".direct-io-probe";
+
+/// Makes glommio's poll-ring probe for the device under `dir` come out right.
+///
+/// glommio 0.9 decides, on the first direct-I/O file each executor opens on a
+/// block device, whether that device supports polled I/O by reading the
+/// file's first block. When that file is empty the read succeeds without
+/// touching the device, glommio concludes "pollable", and every later read on
+/// that device fails with EOPNOTSUPP on devices without poll queues. Reading a
+/// file that holds one full block first gives the probe a real read.
+/// Call this on each shard before it opens any other file under `dir`.
+pub async fn prime_direct_io(dir: &std::path::Path) -> std::io::Result<()> {
+    let path = dir.join(DIRECT_IO_PROBE_FILE);
+    let probe_path = path.clone();
+    spawn_blocking(move || write_probe_file(&probe_path)).await?;
+    let file = DmaFile::open(&path).await.map_err(std::io::Error::from)?;
+    let read = file.read_at_aligned(0, PROBE_FILE_BYTES).await;
+    let _ = file.close().await;
+    read.map(|_| ()).map_err(std::io::Error::from)
+}
+
+/// Size of the probe file: one block at the largest logical block size in use.
+const PROBE_FILE_BYTES: usize = 4096;
+
+fn write_probe_file(path: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() >= PROBE_FILE_BYTES as u64 => Ok(()),
+        _ => {
+            // A name of its own per call, because several shards may write at once.
+            static NEXT_TEMPORARY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let unique = NEXT_TEMPORARY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let temporary = path.with_extension(format!("tmp{unique}"));
+            std::fs::write(&temporary, vec![0u8; PROBE_FILE_BYTES])?;
+            std::fs::rename(&temporary, path)
+        }
+    }
+}
+
 /// Runs a blocking closure (directory creation, rename, remove_dir_all) on a
 /// helper thread so the shard's reactor keeps serving other tasks.
 pub async fn spawn_blocking<F, R>(func: F) -> R

@@ -149,6 +149,13 @@ async fn shard_main(
         .detach();
     }
 
+    if let Err(err) = runtime::prime_direct_io(&shard.config.data_dir).await {
+        let _ = ready.send(Err(format!(
+            "shard {shard_id} failed a direct-I/O read in {}: {err}; the data dir must be on a filesystem that supports O_DIRECT",
+            shard.config.data_dir.display()
+        )));
+        return;
+    }
     if let Err(err) = shard.open_owned_logs().await {
         let _ = ready.send(Err(format!("shard {shard_id} failed to open its logs: {err}")));
         return;
