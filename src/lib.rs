@@ -2,7 +2,9 @@
 //!
 //! See ARCHITECTURE.md for the code map and the invariants of each module.
 
+pub mod alloc;
 pub mod config;
+pub mod group;
 pub mod metadata;
 pub mod net;
 pub mod protocol;

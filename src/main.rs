@@ -12,6 +12,9 @@ use tracing_subscriber::EnvFilter;
 
 use weir::config::BrokerConfig;
 
+#[global_allocator]
+static GLOBAL: weir::alloc::BrokerAllocator = weir::alloc::BrokerAllocator;
+
 #[derive(Parser)]
 #[command(name = "weir", version, about = "A Kafka-compatible, thread-per-core message broker")]
 struct Cli {

@@ -365,3 +365,29 @@ fn restart_keeps_every_record_and_offset() {
         assert_eq!((error, base), (0, 100), "offsets continue after a restart");
     }
 }
+
+#[test]
+fn forged_array_length_closes_connection() {
+    let broker = Broker::start(&[]);
+    let mut healthy = broker.connect();
+    create_topic(&mut healthy, "still-here", 1, &[], false);
+
+    // Metadata v1 with a topics array that claims i32::MAX entries, and a
+    // CreateTopics v2 that claims as many topics with config arrays.
+    let forged: [(i16, i16); 2] = [(ApiKey::Metadata as i16, 1), (ApiKey::CreateTopics as i16, 2)];
+    for (api_key, version) in forged {
+        let mut body = BytesMut::new();
+        common::put_i16(&mut body, api_key);
+        common::put_i16(&mut body, version);
+        body.extend_from_slice(&9i32.to_be_bytes());
+        body.extend_from_slice(&(-1i16).to_be_bytes());
+        body.extend_from_slice(&i32::MAX.to_be_bytes());
+        body.extend_from_slice(&[0, 1, b'a']);
+        let mut bad = broker.connect();
+        bad.send_raw(&body);
+        assert!(bad.is_closed_by_broker(), "api {api_key}: the broker closes the connection");
+    }
+
+    let response: MetadataResponse = healthy.request(ApiKey::Metadata, 12, &MetadataRequest::default().with_topics(None));
+    assert_eq!(response.topics.len(), 1, "the broker is still serving");
+}

@@ -97,7 +97,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
                 Err(message) => break Some(message),
             },
         };
-        let task = spawn_handler(shard.clone(), request, permit);
+        let task = spawn_handler(shard.clone(), request, permit, peer);
         if queue.send(task).await.is_err() {
             break Some("writer stopped".to_string());
         }
@@ -113,9 +113,14 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     tracing::debug!(target: "weir::net", shard = shard.id, peer = ?peer, "connection closed");
 }
 
-fn spawn_handler(shard: Rc<Shard>, request: Request, permit: runtime::StaticPermit) -> runtime::Task<Option<Vec<Bytes>>> {
+fn spawn_handler(
+    shard: Rc<Shard>,
+    request: Request,
+    permit: runtime::StaticPermit,
+    peer: Option<SocketAddr>,
+) -> runtime::Task<Option<Vec<Bytes>>> {
     runtime::spawn_local(async move {
-        let response = protocol::handle(&shard, request).await;
+        let response = protocol::handle(&shard, request, peer).await;
         drop(permit);
         response
     })

@@ -8,17 +8,21 @@
 //! batch slices (see `fetch`).
 
 mod admin;
+mod coordinator;
+mod groups;
 mod fetch;
 mod offsets;
 mod produce;
 pub mod versions;
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
+use crate::group::ClientInfo;
 use crate::shard::Shard;
 
 /// A decoded request with its header.
@@ -83,7 +87,7 @@ pub fn decode_request(frame: Bytes) -> Result<Request, DecodeError> {
 
 /// Runs the handler for `request`. Returns the encoded response frame, or
 /// None when the request expects no response (produce with acks=0).
-pub async fn handle(shard: &Rc<Shard>, request: Request) -> Option<Vec<Bytes>> {
+pub async fn handle(shard: &Rc<Shard>, request: Request, peer: Option<SocketAddr>) -> Option<Vec<Bytes>> {
     let Request { api_key, api_version: version, header, body } = request;
     let correlation_id = header.correlation_id;
     let response = match body {
@@ -96,6 +100,29 @@ pub async fn handle(shard: &Rc<Shard>, request: Request) -> Option<Vec<Bytes>> {
         }
         RequestKind::DescribeConfigs(request) => ResponseKind::DescribeConfigs(admin::describe_configs(shard, request, version)),
         RequestKind::DescribeCluster(request) => ResponseKind::DescribeCluster(admin::describe_cluster(shard, request, version)),
+        RequestKind::FindCoordinator(request) => {
+            ResponseKind::FindCoordinator(coordinator::find_coordinator(shard, request, version))
+        }
+        RequestKind::JoinGroup(request) => {
+            let client = ClientInfo {
+                client_id: header.client_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+                client_host: peer.map(|address| format!("/{}", address.ip())).unwrap_or_default(),
+            };
+            ResponseKind::JoinGroup(groups::join_group(shard, request, version, client).await)
+        }
+        RequestKind::SyncGroup(request) => ResponseKind::SyncGroup(groups::sync_group(shard, request, version).await),
+        RequestKind::Heartbeat(request) => ResponseKind::Heartbeat(groups::heartbeat(shard, request, version).await),
+        RequestKind::LeaveGroup(request) => ResponseKind::LeaveGroup(groups::leave_group(shard, request, version).await),
+        RequestKind::OffsetCommit(request) => ResponseKind::OffsetCommit(groups::offset_commit(shard, request, version).await),
+        RequestKind::OffsetFetch(request) => ResponseKind::OffsetFetch(groups::offset_fetch(shard, request, version).await),
+        RequestKind::ListGroups(request) => ResponseKind::ListGroups(groups::list_groups(shard, request, version).await),
+        RequestKind::DescribeGroups(request) => {
+            ResponseKind::DescribeGroups(groups::describe_groups(shard, request, version).await)
+        }
+        RequestKind::DeleteGroups(request) => ResponseKind::DeleteGroups(groups::delete_groups(shard, request, version).await),
+        RequestKind::InitProducerId(request) => {
+            ResponseKind::InitProducerId(groups::init_producer_id(shard, request, version).await)
+        }
         RequestKind::Produce(request) => {
             let acks = request.acks;
             let response = produce::produce(shard, request, version).await;

@@ -38,6 +38,17 @@ pub const SUPPORTED: &[(ApiKey, VersionRange)] = &[
     (ApiKey::CreatePartitions, range(0, 3)),
     (ApiKey::DescribeCluster, range(0, 1)),
     (ApiKey::OffsetForLeaderEpoch, range(2, 4)),
+    (ApiKey::FindCoordinator, range(0, 4)),
+    (ApiKey::JoinGroup, range(0, 9)),
+    (ApiKey::SyncGroup, range(0, 5)),
+    (ApiKey::Heartbeat, range(0, 4)),
+    (ApiKey::LeaveGroup, range(0, 5)),
+    (ApiKey::OffsetCommit, range(2, 9)),
+    (ApiKey::OffsetFetch, range(1, 9)),
+    (ApiKey::ListGroups, range(0, 4)),
+    (ApiKey::DescribeGroups, range(0, 5)),
+    (ApiKey::DeleteGroups, range(0, 2)),
+    (ApiKey::InitProducerId, range(0, 5)),
 ];
 
 /// The versions of `api_key` Weir serves, if any.

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 pub use glommio::channels::channel_mesh::{Receivers as MeshReceivers, Senders as MeshSenders};
 pub use glommio::io::{DmaBuffer, DmaFile, ReadResult};
+/// Open options for [`DmaFile`] (read-write, create, ...), distinct from `std::fs::OpenOptions`.
+pub use glommio::io::OpenOptions as DmaOpenOptions;
 pub use glommio::net::{TcpListener, TcpStream};
 pub use glommio::timer::{sleep, Timer};
 pub use glommio::channels::local_channel::{new_bounded as local_bounded_channel, LocalReceiver, LocalSender};
@@ -189,45 +191,6 @@ where
     Ok(ShardThreads { handles })
 }
 
-/// Name of the small file [`prime_direct_io`] reads in a data directory.
-pub const DIRECT_IO_PROBE_FILE: &str = ".direct-io-probe";
-
-/// Makes glommio's poll-ring probe for the device under `dir` come out right.
-///
-/// glommio 0.9 decides, on the first direct-I/O file each executor opens on a
-/// block device, whether that device supports polled I/O by reading the
-/// file's first block. When that file is empty the read succeeds without
-/// touching the device, glommio concludes "pollable", and every later read on
-/// that device fails with EOPNOTSUPP on devices without poll queues. Reading a
-/// file that holds one full block first gives the probe a real read.
-/// Call this on each shard before it opens any other file under `dir`.
-pub async fn prime_direct_io(dir: &std::path::Path) -> std::io::Result<()> {
-    let path = dir.join(DIRECT_IO_PROBE_FILE);
-    let probe_path = path.clone();
-    spawn_blocking(move || write_probe_file(&probe_path)).await?;
-    let file = DmaFile::open(&path).await.map_err(std::io::Error::from)?;
-    let read = file.read_at_aligned(0, PROBE_FILE_BYTES).await;
-    let _ = file.close().await;
-    read.map(|_| ()).map_err(std::io::Error::from)
-}
-
-/// Size of the probe file: one block at the largest logical block size in use.
-const PROBE_FILE_BYTES: usize = 4096;
-
-fn write_probe_file(path: &std::path::Path) -> std::io::Result<()> {
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.len() >= PROBE_FILE_BYTES as u64 => Ok(()),
-        _ => {
-            // A name of its own per call, because several shards may write at once.
-            static NEXT_TEMPORARY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let unique = NEXT_TEMPORARY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let temporary = path.with_extension(format!("tmp{unique}"));
-            std::fs::write(&temporary, vec![0u8; PROBE_FILE_BYTES])?;
-            std::fs::rename(&temporary, path)
-        }
-    }
-}
-
 /// Runs a blocking closure (directory creation, rename, remove_dir_all) on a
 /// helper thread so the shard's reactor keeps serving other tasks.
 pub async fn spawn_blocking<F, R>(func: F) -> R
@@ -236,6 +199,78 @@ where
     R: Send + 'static,
 {
     glommio::executor().spawn_blocking(func).await
+}
+
+/// Converts an error from a runtime file operation into `std::io::Error`,
+/// keeping the OS error code (glommio's own conversion keeps only the kind,
+/// which would hide ENOSPC and EINTR from callers that triage errno).
+pub fn io_error(err: glommio::GlommioError<()>) -> std::io::Error {
+    match err.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => err.into(),
+    }
+}
+
+/// Returns true when the file descriptor behind `file` has O_DIRECT set.
+///
+/// glommio silently opens files on tmpfs without O_DIRECT; callers that rely
+/// on direct I/O check this after every open instead of trusting the type.
+pub fn is_direct_io(file: &DmaFile) -> bool {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: F_GETFL reads the status flags of the descriptor and touches no
+    // memory of ours. A failed call returns -1, which is tested before the bits.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    flags != -1 && flags & libc::O_DIRECT != 0
+}
+
+thread_local! {
+    /// Devices (`st_dev`) on which this thread's executor already probed
+    /// polled I/O support with a non-empty file.
+    static PRIMED_DEVICES: std::cell::RefCell<std::collections::HashSet<u64>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
+}
+
+/// Name of the scratch file [`prime_direct_io`] creates and removes.
+const PRIME_FILE_NAME: &str = ".weir-direct-io-probe";
+
+/// Bytes written to the scratch file: one block of the largest alignment we use.
+const PRIME_FILE_BYTES: usize = 4096;
+
+/// Makes the executor of this thread probe polled I/O on the device behind
+/// `dir` with a non-empty file. Call it before opening any [`DmaFile`] there.
+///
+/// glommio 0.9 decides, once per device and thread, whether direct reads
+/// and writes go to its IOPOLL ring by reading the first block of the first
+/// [`DmaFile`] opened on the device. On an empty file that read succeeds at
+/// EOF even when the device has no poll queues (virtio-blk, most SATA), and
+/// every later direct read then fails with EOPNOTSUPP.
+pub async fn prime_direct_io(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+
+    let owned = dir.to_path_buf();
+    let device = spawn_blocking(move || std::fs::metadata(owned).map(|metadata| metadata.dev())).await?;
+    if PRIMED_DEVICES.with(|primed| primed.borrow().contains(&device)) {
+        return Ok(());
+    }
+
+    // A name of its own per call, because several shards may prime the same directory at once.
+    static NEXT_PROBE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let unique = NEXT_PROBE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("{PRIME_FILE_NAME}-{unique}"));
+    let owned = path.clone();
+    spawn_blocking(move || std::fs::write(owned, [0xa5u8; PRIME_FILE_BYTES])).await?;
+    let opened = DmaFile::open(&path).await.map_err(io_error);
+    let closed = match opened {
+        Ok(file) => file.close().await.map_err(io_error),
+        Err(err) => Err(err),
+    };
+    let owned = path.clone();
+    let removed = spawn_blocking(move || std::fs::remove_file(owned)).await;
+    closed?;
+    removed?;
+
+    PRIMED_DEVICES.with(|primed| primed.borrow_mut().insert(device));
+    Ok(())
 }
 
 /// Runs `future` until it completes or `duration` passes. Returns None on time-out.

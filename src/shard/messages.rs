@@ -62,6 +62,12 @@ pub enum ShardMessage {
         changes: Vec<MetadataChange>,
         reply: oneshot::Sender<()>,
     },
+    /// To shard 0: hand out a producer id.
+    InitProducerId {
+        request: kafka_protocol::messages::InitProducerIdRequest,
+        version: i16,
+        reply: oneshot::Sender<kafka_protocol::messages::InitProducerIdResponse>,
+    },
     /// Close every log and reply; the shard stops serving afterwards.
     Shutdown { reply: oneshot::Sender<()> },
 }
@@ -78,6 +84,7 @@ impl ShardMessage {
             ShardMessage::DeleteTopics { .. } => "delete_topics",
             ShardMessage::CreatePartitions { .. } => "create_partitions",
             ShardMessage::ApplyMetadata { .. } => "apply_metadata",
+            ShardMessage::InitProducerId { .. } => "init_producer_id",
             ShardMessage::Shutdown { .. } => "shutdown",
         }
     }

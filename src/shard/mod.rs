@@ -18,6 +18,7 @@ use std::sync::Arc;
 use futures::channel::oneshot;
 
 use crate::config::BrokerConfig;
+use crate::group::{GroupCoordinator, ProducerIdAllocator};
 use crate::metadata::{self, MetadataView};
 use crate::runtime::{self, MeshSenders};
 use crate::storage::PartitionLog;
@@ -44,6 +45,10 @@ pub struct Shard {
     /// Logs of the partitions this shard owns: topic -> partition -> log.
     partitions: RefCell<HashMap<String, HashMap<i32, PartitionLog>>>,
     senders: MeshSenders<ShardMessage>,
+    /// Coordinator of the consumer groups whose ids hash to this shard.
+    pub groups: GroupCoordinator,
+    /// Producer id allocator; only shard 0 has one.
+    pub producer_ids: Option<ProducerIdAllocator>,
     /// Budget of request bytes held in memory by this shard's connections.
     pub request_bytes: Rc<runtime::Semaphore>,
 }

@@ -78,6 +78,14 @@ impl Shard {
                 self.apply_metadata(&changes).await;
                 let _ = reply.send(());
             }
+            ShardMessage::InitProducerId { request, version, reply } => {
+                let response = match &self.producer_ids {
+                    Some(allocator) => allocator.init_producer_id(request, version).await,
+                    None => kafka_protocol::messages::InitProducerIdResponse::default()
+                        .with_error_code(ResponseError::NotCoordinator.code()),
+                };
+                let _ = reply.send(response);
+            }
             ShardMessage::Shutdown { reply } => {
                 self.close_all_logs().await;
                 let _ = reply.send(());
@@ -274,6 +282,7 @@ impl Shard {
     }
 
     async fn close_all_logs(&self) {
+        self.groups.close().await;
         let all: HashMap<String, HashMap<i32, PartitionLog>> = std::mem::take(&mut *self.partitions.borrow_mut());
         for (topic, logs) in all {
             for (partition, log) in logs {

@@ -13,6 +13,7 @@ use futures::channel::oneshot;
 
 use super::{BrokerAddress, Shard, ShardMessage};
 use crate::config::BrokerConfig;
+use crate::group::{GroupConfig, GroupCoordinator, ProducerIdAllocator, ProducerIdConfig};
 use crate::metadata::{self, MetadataChange, MetadataView};
 use crate::runtime::{self, Mesh, TcpListener};
 
@@ -126,6 +127,27 @@ async fn shard_main(
     };
     assert_eq!(senders.peer_id(), shard_id, "mesh peer ids must follow shard ids");
 
+    let groups_dir = params.config.data_dir.join("__weir_groups").join(format!("shard-{shard_id}"));
+    let groups = match open_groups(&groups_dir, &params.config).await {
+        Ok(groups) => groups,
+        Err(message) => {
+            let _ = ready.send(Err(format!("shard {shard_id}: {message}")));
+            return;
+        }
+    };
+    let producer_ids = if shard_id == 0 {
+        let dir = params.config.data_dir.join("__weir_producer_ids");
+        match open_producer_ids(&dir).await {
+            Ok(allocator) => Some(allocator),
+            Err(message) => {
+                let _ = ready.send(Err(message));
+                return;
+            }
+        }
+    } else {
+        None
+    };
+
     let shard = Rc::new(Shard {
         id: shard_id,
         count: params.shard_count,
@@ -134,7 +156,16 @@ async fn shard_main(
         metadata: RefCell::new(params.view.clone()),
         partitions: RefCell::new(HashMap::new()),
         senders,
+        groups,
+        producer_ids,
         request_bytes: Rc::new(runtime::Semaphore::new(params.config.request_bytes_budget() as u64)),
+    });
+
+    let weak = Rc::downgrade(&shard);
+    shard.groups.set_partition_validator(move |topic, partition| {
+        weak.upgrade().is_some_and(|shard| {
+            shard.metadata.borrow().topics.get(topic).is_some_and(|info| partition >= 0 && partition < info.partition_count)
+        })
     });
 
     for (peer, receiver) in receivers.streams() {
@@ -181,6 +212,29 @@ impl Shard {
         let (reply, _receiver) = oneshot::channel();
         self.handle(ShardMessage::Shutdown { reply }).await;
     }
+}
+
+async fn open_groups(dir: &std::path::Path, config: &BrokerConfig) -> Result<GroupCoordinator, String> {
+    let owned = dir.to_path_buf();
+    runtime::spawn_blocking(move || std::fs::create_dir_all(&owned))
+        .await
+        .map_err(|err| format!("failed to create {}: {err}", dir.display()))?;
+    let group_config = GroupConfig {
+        group_min_session_timeout_ms: config.group_min_session_timeout_ms,
+        group_max_session_timeout_ms: config.group_max_session_timeout_ms,
+        group_initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms as i32,
+        offsets_retention_minutes: config.offsets_retention_minutes as i64,
+        ..GroupConfig::default()
+    };
+    GroupCoordinator::open(dir, group_config).await.map_err(|err| err.to_string())
+}
+
+async fn open_producer_ids(dir: &std::path::Path) -> Result<ProducerIdAllocator, String> {
+    let owned = dir.to_path_buf();
+    runtime::spawn_blocking(move || std::fs::create_dir_all(&owned))
+        .await
+        .map_err(|err| format!("failed to create {}: {err}", dir.display()))?;
+    ProducerIdAllocator::open(dir, ProducerIdConfig::default()).await.map_err(|err| err.to_string())
 }
 
 #[allow(unsafe_code)]

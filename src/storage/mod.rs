@@ -1,16 +1,41 @@
 //! Partition storage: segmented logs of Kafka v2 record batches.
 //!
-//! CONTRACT (the protocol and shard layers are written against exactly this
-//! API; keep the signatures, fill in the bodies, split into submodules
-//! `batch`, `segment`, `index`, `log`, `recovery`, `producer_state` as needed).
-//!
 //! A [`PartitionLog`] is owned by one shard and is `!Send`: it is a cheap
 //! `Rc` handle, cloned into tasks of the same shard. Storage knows nothing of
 //! the Kafka protocol beyond the v2 batch layout.
+//!
+//! Code map:
+//!
+//! - `batch`: v2 header parsing, validation and patching of broker-owned fields;
+//! - `log`: the log state and its operations (append, waits, reads, lookups);
+//! - `writer`: the writer task (group commit, rolls, sealing) and the syncer task;
+//! - `segment`: segment files, the O_DIRECT appender and batch scans;
+//! - `index`: sparse offset and time indexes;
+//! - `recovery`: opening a directory, truncating a bad tail, rebuilding state;
+//! - `producer_state`: idempotent producer sequence checks;
+//! - `retention`: which old segments to delete;
+//! - `cache`: the hot-tail cache of recent batches;
+//! - `watch`: wake-ups for waiters and background tasks.
+//!
+//! Guarantees: offsets are dense and assigned in append order; a batch is
+//! visible to readers once its write completed and durable once
+//! `wait_durable` returned for it; recovery keeps exactly the longest prefix
+//! of batches that pass their checks.
 
 pub mod batch;
+mod cache;
+mod index;
+mod log;
+mod producer_state;
+mod recovery;
+mod retention;
+mod segment;
+mod watch;
+mod writer;
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use bytes::Bytes;
 
@@ -113,7 +138,14 @@ pub enum StorageError {
 /// One partition's log. Cheap to clone; all clones share the same state.
 #[derive(Clone)]
 pub struct PartitionLog {
-    // Implementation detail: Rc<RefCell<..>> state, flusher task, waiters.
+    handle: Rc<LogHandle>,
+}
+
+/// The shared state plus the background tasks, which are cancelled when the
+/// last handle is dropped without `close`.
+struct LogHandle {
+    shared: Rc<log::LogShared>,
+    tasks: RefCell<Option<log::LogTasks>>,
 }
 
 impl PartitionLog {
@@ -121,8 +153,13 @@ impl PartitionLog {
     /// truncates a torn, zero-filled or corrupt tail, rebuilds lost index
     /// entries, rebuilds producer state, and logs what was dropped.
     pub async fn open(dir: &Path, config: LogConfig) -> Result<PartitionLog, StorageError> {
-        let _ = (dir, config);
-        todo!()
+        let (shared, tasks) = log::open(dir, config).await?;
+        Ok(PartitionLog {
+            handle: Rc::new(LogHandle {
+                shared,
+                tasks: RefCell::new(Some(tasks)),
+            }),
+        })
     }
 
     /// Assigns offsets to one batch that `batch::validate` accepted, patches
@@ -130,75 +167,107 @@ impl PartitionLog {
     /// the write buffer. Returns without waiting for I/O. Idempotent batches
     /// are checked against producer state first.
     pub fn append(&self, batch: &[u8], header: &BatchHeader, now_ms: i64) -> Result<AppendInfo, StorageError> {
-        let _ = (batch, header, now_ms);
-        todo!()
+        self.handle.shared.append(batch, header, now_ms)
     }
 
     /// Waits until every batch up to and including `offset` has been written
     /// to the file (the O_DIRECT write completed). Used for acks=1.
+    /// An `offset` past the log end waits for the last assigned offset.
     pub async fn wait_written(&self, offset: Offset) -> Result<(), StorageError> {
-        let _ = offset;
-        todo!()
+        self.handle.shared.wait_written(offset).await
     }
 
     /// Waits until every batch up to and including `offset` is covered by an
     /// fdatasync. Concurrent callers share one fdatasync (group commit).
+    /// An `offset` past the log end waits for the last assigned offset.
     pub async fn wait_durable(&self, offset: Offset) -> Result<(), StorageError> {
-        let _ = offset;
-        todo!()
+        self.handle.shared.wait_durable(offset).await
     }
 
     /// Reads whole batches starting with the one that contains `offset`, up to
     /// `max_bytes`, but always at least one whole batch when any exists
     /// (KIP-74). Never returns data at or past the high watermark.
+    /// Reads from disk return at most 16 MiB beyond the first batch.
     pub async fn read(&self, offset: Offset, max_bytes: usize) -> Result<ReadResult, StorageError> {
-        let _ = (offset, max_bytes);
-        todo!()
+        self.handle.shared.read(offset, max_bytes).await
     }
 
     /// Resolves once the high watermark moves past `offset` or the log closes.
     /// Used to wake long-polling fetches without polling.
     pub async fn wait_for_data(&self, offset: Offset) {
-        let _ = offset;
-        todo!()
+        self.handle.shared.wait_for_data(offset).await
     }
 
     /// First offset still stored.
     pub fn log_start_offset(&self) -> Offset {
-        todo!()
+        self.handle.shared.state.borrow().log_start_offset
     }
 
     /// Next offset to be assigned.
     pub fn log_end_offset(&self) -> Offset {
-        todo!()
+        self.handle.shared.state.borrow().next_offset
     }
 
     /// One past the last offset readers may see: the end of the last batch
     /// whose write completed.
     pub fn high_watermark(&self) -> Offset {
-        todo!()
+        self.handle.shared.written.get()
+    }
+
+    /// Returns one past the last offset covered by a completed fdatasync.
+    pub fn durable_offset(&self) -> Offset {
+        self.handle.shared.durable.get()
+    }
+
+    /// Bytes appended but not yet handed to the writer; callers use it for
+    /// backpressure.
+    pub fn queued_bytes(&self) -> usize {
+        self.handle.shared.state.borrow().queued_bytes
+    }
+
+    /// Sets the partition leader epoch stamped into batches appended from now on.
+    pub fn set_leader_epoch(&self, epoch: i32) {
+        self.handle.shared.state.borrow_mut().leader_epoch = epoch;
     }
 
     /// Earliest offset whose batch max timestamp is >= `timestamp_ms`, with
-    /// that timestamp. None when no such batch exists.
+    /// that timestamp. None when no such batch exists. The offset is the
+    /// batch's base offset: records are not decoded.
     pub async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(Offset, i64)>, StorageError> {
-        let _ = timestamp_ms;
-        todo!()
+        self.handle.shared.offset_for_timestamp(timestamp_ms).await
     }
 
     /// Deletes whole segments past `retention.bytes` / `retention.ms`, never the active one.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<(), StorageError> {
-        let _ = now_ms;
-        todo!()
+        self.handle.shared.enforce_retention(now_ms).await
     }
 
     /// Flushes, fdatasyncs, truncates the active segment to its logical size and closes files.
+    /// Closing a closed log returns Ok.
     pub async fn close(&self) -> Result<(), StorageError> {
-        todo!()
+        let Some(tasks) = self.handle.tasks.borrow_mut().take() else {
+            return Ok(());
+        };
+        self.handle.shared.begin_close();
+        let sealed = tasks.writer.await;
+        let synced = tasks.syncer.await;
+        sealed.and(synced)
     }
 
     /// Closes the log and removes its directory.
     pub async fn delete(&self) -> Result<(), StorageError> {
-        todo!()
+        if let Err(err) = self.close().await {
+            tracing::warn!(
+                target: "weir::storage",
+                topic_dir = %self.handle.shared.dir.display(),
+                error = %err,
+                "closing the log before deleting it failed; deleting anyway"
+            );
+        }
+        let dir = self.handle.shared.dir.clone();
+        let owned = dir.clone();
+        crate::runtime::spawn_blocking(move || std::fs::remove_dir_all(owned))
+            .await
+            .map_err(|err| segment::io_failure("remove partition directory", &dir, err))
     }
 }

@@ -225,7 +225,9 @@ pub fn batch(records: &[TestRecord], compression: Compression) -> Bytes {
                 producer_epoch: -1,
                 timestamp_type: TimestampType::Creation,
                 offset: index as i64,
-                sequence: -1,
+                // The encoder starts a new batch wherever offset - sequence changes;
+                // this keeps one batch with base sequence -1 (not idempotent).
+                sequence: index as i32 - 1,
                 timestamp: now + index as i64,
                 key: record.key.clone().map(Bytes::from),
                 value: record.value.clone().map(Bytes::from),
