@@ -118,7 +118,9 @@ async function main() {
   } else {
     throw new Error(`unknown mode ${mode}: expected produce or consume`);
   }
-  process.stdout.write(JSON.stringify(result) + "\n");
+  // Exit only once stdout is flushed: a pipe write is asynchronous and
+  // process.exit() would cut the output short.
+  await new Promise((resolve) => process.stdout.write(JSON.stringify(result) + "\n", resolve));
 }
 
 main().then(
