@@ -116,7 +116,7 @@ def test_truncated_frame_then_half_close(broker):
     frame = wire.api_versions_request(5)
     with wire.Connection(broker.bootstrap) as connection:
         connection.send(frame[:-3])
-        connection.sock.shutdown(1)  # SHUT_WR: the broker sees end of stream mid-frame
+        connection.sock.shutdown(1)  # SHUT_WR: the broker reads end of stream in the middle of a frame
         assert connection.wait_closed() == b""
 
     assert_healthy(broker)
@@ -134,8 +134,8 @@ def test_random_bytes_close_connection(broker):
     garbage = random.Random(20240601).randbytes(4096)
     with wire.Connection(broker.bootstrap) as connection:
         connection.send(garbage)
-        # The first four bytes decode as some frame length; whatever the
-        # broker makes of the rest, it must not answer with a valid frame.
+        # The first four bytes (0x9e04351e) are a negative frame length, so
+        # the broker must close the connection without a response.
         received = connection.wait_closed()
     assert received == b""
 
@@ -173,7 +173,7 @@ def test_api_versions_future_version_gets_v0_error_response(broker):
         assert versions[wire.API_API_VERSIONS][0] == 0
         assert versions[wire.API_API_VERSIONS][1] >= 3
 
-        # The connection stays usable: a supported version gets a normal answer.
+        # The connection stays usable: a supported version gets a normal response.
         body = connection.request(wire.api_versions_request(22, api_version=0), 22)
         assert wire.parse_api_versions_v0(body)[0] == wire.ERROR_NONE
 
@@ -190,7 +190,7 @@ def produce_raw(broker, records_bytes, topic=RAW_TOPIC, acks=-1, correlation_id=
     with wire.Connection(address) as connection:
         body = connection.request(frame, correlation_id)
         result = wire.parse_produce_response(body)
-        # An error answer must leave the connection usable.
+        # An error response must leave the connection usable.
         versions = connection.request(wire.api_versions_request(correlation_id + 1), correlation_id + 1)
         assert wire.parse_api_versions_v0(versions)[0] == wire.ERROR_NONE
     return result

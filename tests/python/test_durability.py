@@ -106,7 +106,7 @@ def test_restart_keeps_records_and_offsets(start_broker):
 
 
 class BackgroundProducer:
-    """Produces records with acks=all from a thread until told to stop."""
+    """Produces records with acks=all from a thread until `finish` is called."""
 
     MAX_RECORDS = 2_000_000
 

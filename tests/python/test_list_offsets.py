@@ -15,8 +15,10 @@ STEP_MS = 100
 
 @pytest.fixture
 def timed_topic(broker):
-    """Topic `timed`: partition 0 holds 100 records in 4 batches, timestamps
-    base, base+100ms, ...; partition 1 is empty. Returns the base timestamp.
+    """Create topic `timed` and return the base timestamp in ms.
+
+    Partition 0 contains 100 records in 4 batches with timestamps base,
+    base + 100 ms, and so on. Partition 1 is empty.
     """
     create_topic(broker.bootstrap, "timed", 2)
     base_ms = int(time.time() * 1000) - 60_000

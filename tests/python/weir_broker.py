@@ -200,7 +200,7 @@ class Broker:
             try:
                 text = path.read_text(errors="replace").splitlines()
             except OSError as error:
-                text = [f"<cannot read log: {error}>"]
+                text = [f"<failed to read log: {error}>"]
             notable = []
             for number, line in enumerate(text):
                 if "panicked at" in line:
