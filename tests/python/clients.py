@@ -1,6 +1,6 @@
 """confluent-kafka helpers shared by the integration tests.
 
-Every wait here polls with a deadline, so a broker that stops answering
+Every wait here polls with a deadline, so a broker that stops responding
 fails the test with a message instead of hanging it.
 """
 
