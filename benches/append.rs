@@ -47,11 +47,7 @@ impl Totals {
     }
 
     fn mb_per_s(&self, case: &str) -> f64 {
-        let (_, bytes, elapsed) = self
-            .cases
-            .iter()
-            .find(|(name, _, _)| name == case)
-            .expect("every case ran");
+        let (_, bytes, elapsed) = self.cases.iter().find(|(name, _, _)| name == case).expect("every case ran");
         *bytes as f64 / elapsed.as_secs_f64() / 1e6
     }
 }
@@ -157,8 +153,9 @@ fn main() {
                     let dir = tempfile::tempdir_in(bench_dir()).expect("bench dir");
                     let log_dir = dir.path().join("bench-0");
                     let input = input.clone();
-                    let elapsed =
-                        runtime::block_on(async move { time_log_appends(&log_dir, input, iterations, batches_per_wait).await });
+                    let elapsed = runtime::block_on(async move {
+                        time_log_appends(&log_dir, input, iterations, batches_per_wait).await
+                    });
                     totals.borrow_mut().add(&case_name, iterations * input_len as u64, elapsed);
                     elapsed
                 })

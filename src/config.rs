@@ -26,13 +26,21 @@ pub enum ConfigError {
     #[error("unknown config key `{key}`; see tuning/weir.toml for the supported keys")]
     UnknownKey { key: String },
     #[error("invalid value `{value}` for `{key}`: expected {expected}")]
-    InvalidValue {
-        key: String,
-        value: String,
-        expected: &'static str,
-    },
+    InvalidValue { key: String, value: String, expected: &'static str },
     #[error("invalid override `{0}`: expected key=value")]
     InvalidOverride(String),
+}
+
+/// How shards expose themselves to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerMode {
+    /// Each shard listens on its own port and is advertised as its own
+    /// broker, so clients send each partition's requests to its owner core.
+    PerShard,
+    /// All shards accept on one port (SO_REUSEPORT) behind a single
+    /// advertised broker; requests for other shards' partitions and groups
+    /// are forwarded over the mesh.
+    Shared,
 }
 
 /// The broker's settings after defaults, file and overrides are applied.
@@ -41,6 +49,8 @@ pub struct BrokerConfig {
     /// Address of shard 0; shard i listens on the same host and port + i
     /// (each on an ephemeral port when the port is 0).
     pub listen: SocketAddr,
+    /// `listener.mode`: `per-shard` (default) or `shared`.
+    pub listener_mode: ListenerMode,
     /// Host name advertised in Metadata (default: the listen address' IP).
     pub advertised_host: Option<String>,
     pub data_dir: PathBuf,
@@ -77,6 +87,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             listen: "127.0.0.1:9092".parse().expect("valid default address"),
+            listener_mode: ListenerMode::PerShard,
             advertised_host: None,
             data_dir: PathBuf::from("weir-data"),
             shards: None,
@@ -109,10 +120,8 @@ impl BrokerConfig {
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<BrokerConfig, ConfigError> {
         let mut config = BrokerConfig::default();
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
             let table: toml::Table = text.parse().map_err(|err: toml::de::Error| ConfigError::Parse {
                 path: path.to_path_buf(),
                 message: err.to_string(),
@@ -124,9 +133,7 @@ impl BrokerConfig {
             }
         }
         for item in overrides {
-            let (key, value) = item
-                .split_once('=')
-                .ok_or_else(|| ConfigError::InvalidOverride(item.clone()))?;
+            let (key, value) = item.split_once('=').ok_or_else(|| ConfigError::InvalidOverride(item.clone()))?;
             config.set(key.trim(), value.trim())?;
         }
         Ok(config)
@@ -139,6 +146,19 @@ impl BrokerConfig {
             "listen" | "listeners" => {
                 let address = value.strip_prefix("PLAINTEXT://").unwrap_or(value);
                 self.listen = parse(key, address, "an address like 127.0.0.1:9092")?;
+            }
+            "listener.mode" => {
+                self.listener_mode = match value {
+                    "per-shard" => ListenerMode::PerShard,
+                    "shared" => ListenerMode::Shared,
+                    _ => {
+                        return Err(ConfigError::InvalidValue {
+                            key: key.to_string(),
+                            value: value.to_string(),
+                            expected: "per-shard or shared",
+                        })
+                    }
+                };
             }
             "advertised.host" | "advertised.host.name" => self.advertised_host = Some(value.to_string()),
             "data.dir" | "log.dirs" | "log.dir" => self.data_dir = PathBuf::from(value),
@@ -215,18 +235,20 @@ impl BrokerConfig {
             match key.as_str() {
                 "segment.bytes" => log.segment_bytes = value.parse().unwrap_or(log.segment_bytes),
                 "segment.ms" => log.segment_ms = value.parse().ok(),
-                "index.interval.bytes" => {
-                    log.index_interval_bytes = value.parse().unwrap_or(log.index_interval_bytes)
-                }
+                "index.interval.bytes" => log.index_interval_bytes = value.parse().unwrap_or(log.index_interval_bytes),
                 "max.message.bytes" => log.max_message_bytes = value.parse().unwrap_or(log.max_message_bytes),
-                "retention.bytes" => log.retention_bytes = value.parse::<i64>().ok().filter(|v| *v >= 0).map(|v| v as u64),
+                "retention.bytes" => {
+                    log.retention_bytes = value.parse::<i64>().ok().filter(|v| *v >= 0).map(|v| v as u64)
+                }
                 "retention.ms" => log.retention_ms = value.parse::<i64>().ok().filter(|v| *v >= 0).map(|v| v as u64),
                 "message.timestamp.type" => {
                     if let Ok(kind) = parse_timestamp_type(key, value) {
                         log.timestamp_type = kind;
                     }
                 }
-                "flush.ms" => log.flush_ms = value.parse::<i64>().ok().filter(|v| *v >= 0 && *v < i64::MAX).map(|v| v as u64),
+                "flush.ms" => {
+                    log.flush_ms = value.parse::<i64>().ok().filter(|v| *v >= 0 && *v < i64::MAX).map(|v| v as u64)
+                }
                 _ => {}
             }
         }
@@ -238,10 +260,23 @@ impl BrokerConfig {
 pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
     let as_i64 = || value.parse::<i64>().map(|_| ()).map_err(|_| format!("`{key}` must be an integer, got `{value}`"));
     match key {
-        "segment.bytes" | "segment.ms" | "index.interval.bytes" | "max.message.bytes" | "retention.bytes"
-        | "retention.ms" | "flush.ms" | "flush.messages" | "min.insync.replicas" | "delete.retention.ms"
-        | "segment.index.bytes" | "file.delete.delay.ms" | "segment.jitter.ms" | "min.compaction.lag.ms"
-        | "max.compaction.lag.ms" | "local.retention.ms" | "local.retention.bytes" => as_i64(),
+        "segment.bytes"
+        | "segment.ms"
+        | "index.interval.bytes"
+        | "max.message.bytes"
+        | "retention.bytes"
+        | "retention.ms"
+        | "flush.ms"
+        | "flush.messages"
+        | "min.insync.replicas"
+        | "delete.retention.ms"
+        | "segment.index.bytes"
+        | "file.delete.delay.ms"
+        | "segment.jitter.ms"
+        | "min.compaction.lag.ms"
+        | "max.compaction.lag.ms"
+        | "local.retention.ms"
+        | "local.retention.bytes" => as_i64(),
         "message.timestamp.type" => parse_timestamp_type(key, value).map(|_| ()).map_err(|err| err.to_string()),
         "cleanup.policy" => match value {
             "delete" => Ok(()),
@@ -272,11 +307,7 @@ fn parse_timestamp_type(key: &str, value: &str) -> Result<TimestampType, ConfigE
 }
 
 fn parse<T: std::str::FromStr>(key: &str, value: &str, expected: &'static str) -> Result<T, ConfigError> {
-    value.parse().map_err(|_| ConfigError::InvalidValue {
-        key: key.to_string(),
-        value: value.to_string(),
-        expected,
-    })
+    value.parse().map_err(|_| ConfigError::InvalidValue { key: key.to_string(), value: value.to_string(), expected })
 }
 
 fn positive(key: &str, value: &str) -> Result<i32, ConfigError> {
@@ -304,11 +335,7 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>
     match value {
         toml::Value::Table(table) => {
             for (key, inner) in table {
-                let full = if prefix.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{prefix}.{key}")
-                };
+                let full = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
                 flatten(&full, inner, out);
             }
         }
@@ -327,11 +354,9 @@ mod tests {
 
     #[test]
     fn overrides_win_over_defaults() {
-        let config = BrokerConfig::load(
-            None,
-            &["num.partitions=8".to_string(), "auto.create.topics.enable=false".to_string()],
-        )
-        .expect("valid overrides");
+        let config =
+            BrokerConfig::load(None, &["num.partitions=8".to_string(), "auto.create.topics.enable=false".to_string()])
+                .expect("valid overrides");
         assert_eq!(config.num_partitions, 8);
         assert!(!config.auto_create_topics_enable);
     }

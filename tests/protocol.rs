@@ -391,3 +391,41 @@ fn forged_array_length_closes_connection() {
     let response: MetadataResponse = healthy.request(ApiKey::Metadata, 12, &MetadataRequest::default().with_topics(None));
     assert_eq!(response.topics.len(), 1, "the broker is still serving");
 }
+
+#[test]
+fn shared_listener_forwards_partitions_and_groups() {
+    const MEMBER_ID_REQUIRED: i16 = 79;
+    let broker = Broker::start(&["listener.mode=shared"]);
+    let mut connection = broker.connect();
+    create_topic(&mut connection, "one-port", 4, &[], false);
+
+    let metadata: MetadataResponse = connection.request(ApiKey::Metadata, 12, &MetadataRequest::default().with_topics(None));
+    assert_eq!(metadata.brokers.len(), 1, "all shards hide behind one advertised broker");
+    assert!(metadata.topics[0].partitions.iter().all(|partition| partition.leader_id.0 == 0));
+
+    for partition in 0..4 {
+        let (error, base) = produce(&mut connection, "one-port", partition, batch(&values("s", 5), Compression::None), 1);
+        assert_eq!((error, base), (0, 0));
+        let (error, records) = fetch(&mut connection, "one-port", partition, 0, 1 << 20);
+        assert_eq!(error, 0);
+        assert_eq!(records.len(), 5);
+    }
+
+    // Groups hash to both shards; each answers JoinGroup itself, never NOT_COORDINATOR.
+    let group_ids: Vec<String> = (0..8).map(|index| format!("group-{index}")).collect();
+    let owners: std::collections::BTreeSet<usize> =
+        group_ids.iter().map(|group| weir::metadata::group_shard(group, 2)).collect();
+    assert_eq!(owners.len(), 2, "the chosen groups cover both shards");
+    for group in &group_ids {
+        let request = JoinGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.clone())))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol::default()
+                .with_name(StrBytes::from_static_str("range"))]);
+        let response: JoinGroupResponse = connection.request(ApiKey::JoinGroup, 9, &request);
+        assert_eq!(response.error_code, MEMBER_ID_REQUIRED, "group {group}");
+        assert!(!response.member_id.is_empty());
+    }
+}

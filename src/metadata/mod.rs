@@ -144,7 +144,9 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
         return Err(format!("topic name is {} characters long; the maximum is {TOPIC_NAME_MAX_CHARS}", name.len()));
     }
     if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-')) {
-        return Err(format!("topic name `{name}` contains `{bad}`; only ASCII letters, digits, '.', '_' and '-' are allowed"));
+        return Err(format!(
+            "topic name `{name}` contains `{bad}`; only ASCII letters, digits, '.', '_' and '-' are allowed"
+        ));
     }
     if name.starts_with("__weir") {
         return Err(format!("topic name `{name}` uses the reserved prefix __weir"));
@@ -205,12 +207,8 @@ mod tests {
     #[test]
     fn metadata_log_replays_creates_and_deletes() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let topic = TopicInfo {
-            name: "a".into(),
-            id: uuid::Uuid::new_v4(),
-            partition_count: 3,
-            configs: BTreeMap::new(),
-        };
+        let topic =
+            TopicInfo { name: "a".into(), id: uuid::Uuid::new_v4(), partition_count: 3, configs: BTreeMap::new() };
         let other = TopicInfo { name: "b".into(), id: uuid::Uuid::new_v4(), ..topic.clone() };
         append(dir.path(), &[MetadataChange::CreateTopic(topic.clone()), MetadataChange::CreateTopic(other.clone())])
             .expect("append");

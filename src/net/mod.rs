@@ -10,6 +10,7 @@
 //! than `connection.max.in.flight.requests` requests stops being read.
 
 mod frame;
+mod log_limit;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -30,6 +31,11 @@ pub use frame::{FrameError, FrameReader};
 /// Responses smaller than this are copied into one buffer before writing;
 /// larger payload slices are written from where they are stored.
 const WRITE_COALESCE_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    /// Per-shard limit on warnings about invalid input: ten a second.
+    static INVALID_INPUT_LOG: log_limit::LogLimit = const { log_limit::LogLimit::new(Duration::from_secs(1), 10) };
+}
 
 /// Accepts connections on `listener` until the task is dropped.
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
@@ -61,27 +67,27 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     let mut reader = FrameReader::new(StreamHalf(stream.clone()), shard.config.socket_request_max_bytes);
     let mut writer = StreamHalf(stream.clone());
 
-    let (queue, pending) =
-        runtime::local_bounded_channel::<runtime::Task<Option<Vec<Bytes>>>>(shard.config.connection_max_in_flight_requests.max(1));
+    let (queue, pending) = runtime::local_bounded_channel::<runtime::Task<Option<Vec<Bytes>>>>(
+        shard.config.connection_max_in_flight_requests.max(1),
+    );
     let writer_task = runtime::spawn_local(async move {
         while let Some(task) = pending.recv().await {
             let Some(chunks) = task.await else { continue };
-            if let Err(err) = write_chunks(&mut writer, &chunks).await {
-                return Err(err);
-            }
+            write_chunks(&mut writer, &chunks).await?;
         }
-        Ok(())
+        Ok::<(), std::io::Error>(())
     });
 
     let close_reason = loop {
         let frame = match reader.next_frame().await {
             Ok(Some(frame)) => frame,
             Ok(None) => break None,
-            Err(err) => break Some(err.to_string()),
+            Err(FrameError::Io(err)) => break Some(Close::Peer(err.to_string())),
+            Err(err) => break Some(Close::Invalid(err.to_string())),
         };
         // Bounded memory: wait until the shard's request byte budget has room.
         let Ok(permit) = shard.request_bytes.acquire_static_permit(frame.len() as u64).await else {
-            break Some("shard is stopping".to_string());
+            break Some(Close::Peer("shard is stopping".to_string()));
         };
         let request = match protocol::decode_request(frame) {
             Ok(request) => request,
@@ -90,20 +96,29 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
                 Ok(reply) => {
                     let task = runtime::spawn_local(async move { Some(reply) });
                     if queue.send(task).await.is_err() {
-                        break Some("writer stopped".to_string());
+                        break Some(Close::Peer("writer stopped".to_string()));
                     }
                     continue;
                 }
-                Err(message) => break Some(message),
+                Err(message) => break Some(Close::Invalid(message)),
             },
         };
         let task = spawn_handler(shard.clone(), request, permit, peer);
         if queue.send(task).await.is_err() {
-            break Some("writer stopped".to_string());
+            break Some(Close::Peer("writer stopped".to_string()));
         }
     };
-    if let Some(reason) = &close_reason {
-        tracing::warn!(target: "weir::net", shard = shard.id, peer = ?peer, reason = %reason, "closing connection");
+    match &close_reason {
+        Some(Close::Invalid(reason)) => {
+            if let Some(suppressed) = INVALID_INPUT_LOG.with(|limit| limit.allow(std::time::Instant::now())) {
+                tracing::warn!(target: "weir::net", shard = shard.id, peer = ?peer, reason = %reason, suppressed,
+                    "closing connection after invalid input");
+            }
+        }
+        Some(Close::Peer(reason)) => {
+            tracing::debug!(target: "weir::net", shard = shard.id, peer = ?peer, reason = %reason, "closing connection");
+        }
+        None => {}
     }
 
     drop(queue);
@@ -111,6 +126,14 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
         tracing::debug!(target: "weir::net", shard = shard.id, peer = ?peer, error = %err, "write failed");
     }
     tracing::debug!(target: "weir::net", shard = shard.id, peer = ?peer, "connection closed");
+}
+
+/// Why the reader stopped.
+enum Close {
+    /// The client sent something that is not a valid request.
+    Invalid(String),
+    /// The socket failed or the connection is being torn down.
+    Peer(String),
 }
 
 fn spawn_handler(

@@ -9,12 +9,14 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
-use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
@@ -104,7 +106,8 @@ async fn requested_topic_metadata(
     if let Some(info) = existing {
         return topic_metadata(shard, &info, version);
     }
-    let error_topic = |code: i16| MetadataResponseTopic::default().with_error_code(code).with_name(Some(topic_name(&name)));
+    let error_topic =
+        |code: i16| MetadataResponseTopic::default().with_error_code(code).with_name(Some(topic_name(&name)));
     if metadata::validate_topic_name(&name).is_err() {
         return error_topic(ResponseError::InvalidTopicException.code());
     }
@@ -112,7 +115,8 @@ async fn requested_topic_metadata(
         return error_topic(ResponseError::UnknownTopicOrPartition.code());
     }
 
-    let spec = TopicCreateSpec { name: name.clone(), partition_count: -1, replication_factor: -1, configs: BTreeMap::new() };
+    let spec =
+        TopicCreateSpec { name: name.clone(), partition_count: -1, replication_factor: -1, configs: BTreeMap::new() };
     let results = shard
         .call(0, |reply| ShardMessage::CreateTopics { topics: vec![spec], validate_only: false, reply })
         .await
@@ -133,7 +137,7 @@ async fn requested_topic_metadata(
 fn topic_metadata(shard: &Shard, info: &TopicInfo, version: i16) -> MetadataResponseTopic {
     let partitions = (0..info.partition_count)
         .map(|partition| {
-            let leader = BrokerId(shard.owner_of(&info.name, partition) as i32);
+            let leader = BrokerId(shard.leader_node(&info.name, partition));
             let mut entry = MetadataResponsePartition::default()
                 .with_partition_index(partition)
                 .with_leader_id(leader)
@@ -145,9 +149,8 @@ fn topic_metadata(shard: &Shard, info: &TopicInfo, version: i16) -> MetadataResp
             entry
         })
         .collect();
-    let mut topic = MetadataResponseTopic::default()
-        .with_name(Some(topic_name(&info.name)))
-        .with_partitions(partitions);
+    let mut topic =
+        MetadataResponseTopic::default().with_name(Some(topic_name(&info.name))).with_partitions(partitions);
     if version >= 10 {
         topic.topic_id = info.id;
     }
@@ -195,9 +198,8 @@ pub async fn create_topics(shard: &Rc<Shard>, request: CreateTopicsRequest, vers
     let topics = results
         .into_iter()
         .map(|result| {
-            let mut entry = CreatableTopicResult::default()
-                .with_name(topic_name(&result.name))
-                .with_error_code(result.error_code);
+            let mut entry =
+                CreatableTopicResult::default().with_name(topic_name(&result.name)).with_error_code(result.error_code);
             if version >= 1 {
                 entry.error_message = result.error_message.as_deref().map(str_bytes);
             }
@@ -283,8 +285,13 @@ pub async fn delete_topics(shard: &Rc<Shard>, request: DeleteTopicsRequest, vers
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
-pub async fn create_partitions(shard: &Rc<Shard>, request: CreatePartitionsRequest, _version: i16) -> CreatePartitionsResponse {
-    let topics: Vec<(String, i32)> = request.topics.iter().map(|topic| (topic.name.0.to_string(), topic.count)).collect();
+pub async fn create_partitions(
+    shard: &Rc<Shard>,
+    request: CreatePartitionsRequest,
+    _version: i16,
+) -> CreatePartitionsResponse {
+    let topics: Vec<(String, i32)> =
+        request.topics.iter().map(|topic| (topic.name.0.to_string(), topic.count)).collect();
     let count = topics.len();
     let validate_only = request.validate_only;
     let results = shard
@@ -309,7 +316,8 @@ pub fn describe_configs(shard: &Rc<Shard>, request: DescribeConfigsRequest, _ver
         .into_iter()
         .map(|resource| {
             let name = resource.resource_name.to_string();
-            let wanted = resource.configuration_keys.map(|keys| keys.iter().map(|key| key.to_string()).collect::<Vec<_>>());
+            let wanted =
+                resource.configuration_keys.map(|keys| keys.iter().map(|key| key.to_string()).collect::<Vec<_>>());
             let mut result = DescribeConfigsResult::default()
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());

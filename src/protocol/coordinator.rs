@@ -8,7 +8,6 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use crate::metadata;
 use crate::shard::Shard;
 
 /// FindCoordinator key type of a consumer group.
@@ -19,11 +18,8 @@ const FIRST_BATCHED_VERSION: i16 = 4;
 
 pub fn find_coordinator(shard: &Rc<Shard>, request: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
     if version >= FIRST_BATCHED_VERSION {
-        let coordinators = request
-            .coordinator_keys
-            .iter()
-            .map(|key| coordinator_for(shard, key, request.key_type))
-            .collect();
+        let coordinators =
+            request.coordinator_keys.iter().map(|key| coordinator_for(shard, key, request.key_type)).collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
     let found = coordinator_for(shard, &request.key, request.key_type);
@@ -48,8 +44,7 @@ fn coordinator_for(shard: &Shard, key: &StrBytes, key_type: i8) -> Coordinator {
             .with_error_code(ResponseError::CoordinatorNotAvailable.code())
             .with_error_message(Some(StrBytes::from_static_str("transactions are not supported")));
     }
-    let owner = metadata::group_shard(key, shard.count);
-    let broker = &shard.brokers[owner];
+    let broker = shard.coordinator_broker(key);
     entry
         .with_node_id(BrokerId(broker.node_id))
         .with_host(StrBytes::from_string(broker.host.clone()))

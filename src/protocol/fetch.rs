@@ -262,7 +262,13 @@ mod tests {
 
     fn wanted() -> Vec<PartitionFetch> {
         (0..2)
-            .map(|partition| PartitionFetch { topic: "events".into(), partition, offset: 0, max_bytes: 1000, known: true })
+            .map(|partition| PartitionFetch {
+                topic: "events".into(),
+                partition,
+                offset: 0,
+                max_bytes: 1000,
+                known: true,
+            })
             .collect()
     }
 
@@ -270,7 +276,13 @@ mod tests {
     fn round_trip(version: i16) {
         let batch = Bytes::from(vec![7u8; 70]);
         let outcomes = vec![
-            FetchOutcome { error_code: 0, high_watermark: 9, log_start_offset: 0, batches: vec![batch.clone(), batch.clone()], total_bytes: 140 },
+            FetchOutcome {
+                error_code: 0,
+                high_watermark: 9,
+                log_start_offset: 0,
+                batches: vec![batch.clone(), batch.clone()],
+                total_bytes: 140,
+            },
             FetchOutcome { error_code: 1, high_watermark: -1, log_start_offset: -1, batches: vec![], total_bytes: 0 },
         ];
         let chunks = encode_response(&request(), &wanted(), outcomes, version, 42);
@@ -281,7 +293,7 @@ mod tests {
         let mut frame = joined.freeze();
         let length = i32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
         assert_eq!(length, frame.len() - 4);
-        let _ = bytes::Buf::advance(&mut frame, 4);
+        bytes::Buf::advance(&mut frame, 4);
         let header_version = if version >= FIRST_FLEXIBLE_VERSION { 1 } else { 0 };
         let header = ResponseHeader::decode(&mut frame, header_version).expect("header");
         assert_eq!(header.correlation_id, 42);

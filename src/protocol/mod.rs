@@ -9,8 +9,8 @@
 
 mod admin;
 mod coordinator;
-mod groups;
 mod fetch;
+mod groups;
 mod offsets;
 mod produce;
 pub mod versions;
@@ -46,7 +46,9 @@ impl DecodeError {
     /// The encoded reply to send, or the reason to close the connection.
     pub fn into_reply(self) -> Result<Vec<Bytes>, String> {
         match self {
-            DecodeError::UnsupportedApiVersions { correlation_id } => Ok(versions::unsupported_version_reply(correlation_id)),
+            DecodeError::UnsupportedApiVersions { correlation_id } => {
+                Ok(versions::unsupported_version_reply(correlation_id))
+            }
             DecodeError::Fatal(message) => Err(message),
         }
     }
@@ -90,36 +92,58 @@ pub fn decode_request(frame: Bytes) -> Result<Request, DecodeError> {
 pub async fn handle(shard: &Rc<Shard>, request: Request, peer: Option<SocketAddr>) -> Option<Vec<Bytes>> {
     let Request { api_key, api_version: version, header, body } = request;
     let correlation_id = header.correlation_id;
+    let client_info = || ClientInfo {
+        client_id: header.client_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+        client_host: peer.map(|address| format!("/{}", address.ip())).unwrap_or_default(),
+    };
     let response = match body {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(versions::api_versions_response(version)),
         RequestKind::Metadata(request) => ResponseKind::Metadata(admin::metadata(shard, request, version).await),
-        RequestKind::CreateTopics(request) => ResponseKind::CreateTopics(admin::create_topics(shard, request, version).await),
-        RequestKind::DeleteTopics(request) => ResponseKind::DeleteTopics(admin::delete_topics(shard, request, version).await),
+        RequestKind::CreateTopics(request) => {
+            ResponseKind::CreateTopics(admin::create_topics(shard, request, version).await)
+        }
+        RequestKind::DeleteTopics(request) => {
+            ResponseKind::DeleteTopics(admin::delete_topics(shard, request, version).await)
+        }
         RequestKind::CreatePartitions(request) => {
             ResponseKind::CreatePartitions(admin::create_partitions(shard, request, version).await)
         }
-        RequestKind::DescribeConfigs(request) => ResponseKind::DescribeConfigs(admin::describe_configs(shard, request, version)),
-        RequestKind::DescribeCluster(request) => ResponseKind::DescribeCluster(admin::describe_cluster(shard, request, version)),
+        RequestKind::DescribeConfigs(request) => {
+            ResponseKind::DescribeConfigs(admin::describe_configs(shard, request, version))
+        }
+        RequestKind::DescribeCluster(request) => {
+            ResponseKind::DescribeCluster(admin::describe_cluster(shard, request, version))
+        }
         RequestKind::FindCoordinator(request) => {
             ResponseKind::FindCoordinator(coordinator::find_coordinator(shard, request, version))
         }
         RequestKind::JoinGroup(request) => {
-            let client = ClientInfo {
-                client_id: header.client_id.as_ref().map(ToString::to_string).unwrap_or_default(),
-                client_host: peer.map(|address| format!("/{}", address.ip())).unwrap_or_default(),
-            };
-            ResponseKind::JoinGroup(groups::join_group(shard, request, version, client).await)
+            ResponseKind::JoinGroup(groups::join_group(shard, request, version, client_info()).await)
         }
-        RequestKind::SyncGroup(request) => ResponseKind::SyncGroup(groups::sync_group(shard, request, version).await),
-        RequestKind::Heartbeat(request) => ResponseKind::Heartbeat(groups::heartbeat(shard, request, version).await),
-        RequestKind::LeaveGroup(request) => ResponseKind::LeaveGroup(groups::leave_group(shard, request, version).await),
-        RequestKind::OffsetCommit(request) => ResponseKind::OffsetCommit(groups::offset_commit(shard, request, version).await),
-        RequestKind::OffsetFetch(request) => ResponseKind::OffsetFetch(groups::offset_fetch(shard, request, version).await),
-        RequestKind::ListGroups(request) => ResponseKind::ListGroups(groups::list_groups(shard, request, version).await),
+        RequestKind::SyncGroup(request) => {
+            ResponseKind::SyncGroup(groups::sync_group(shard, request, version, client_info()).await)
+        }
+        RequestKind::Heartbeat(request) => {
+            ResponseKind::Heartbeat(groups::heartbeat(shard, request, version, client_info()).await)
+        }
+        RequestKind::LeaveGroup(request) => {
+            ResponseKind::LeaveGroup(groups::leave_group(shard, request, version, client_info()).await)
+        }
+        RequestKind::OffsetCommit(request) => {
+            ResponseKind::OffsetCommit(groups::offset_commit(shard, request, version, client_info()).await)
+        }
+        RequestKind::OffsetFetch(request) => {
+            ResponseKind::OffsetFetch(groups::offset_fetch(shard, request, version, client_info()).await)
+        }
+        RequestKind::ListGroups(request) => {
+            ResponseKind::ListGroups(groups::list_groups(shard, request, version).await)
+        }
         RequestKind::DescribeGroups(request) => {
-            ResponseKind::DescribeGroups(groups::describe_groups(shard, request, version).await)
+            ResponseKind::DescribeGroups(groups::describe_groups(shard, request, version, client_info()).await)
         }
-        RequestKind::DeleteGroups(request) => ResponseKind::DeleteGroups(groups::delete_groups(shard, request, version).await),
+        RequestKind::DeleteGroups(request) => {
+            ResponseKind::DeleteGroups(groups::delete_groups(shard, request, version, client_info()).await)
+        }
         RequestKind::InitProducerId(request) => {
             ResponseKind::InitProducerId(groups::init_producer_id(shard, request, version).await)
         }
@@ -134,7 +158,9 @@ pub async fn handle(shard: &Rc<Shard>, request: Request, peer: Option<SocketAddr
         RequestKind::Fetch(request) => {
             return Some(fetch::fetch(shard, request, version, correlation_id).await);
         }
-        RequestKind::ListOffsets(request) => ResponseKind::ListOffsets(offsets::list_offsets(shard, request, version).await),
+        RequestKind::ListOffsets(request) => {
+            ResponseKind::ListOffsets(offsets::list_offsets(shard, request, version).await)
+        }
         RequestKind::OffsetForLeaderEpoch(request) => {
             ResponseKind::OffsetForLeaderEpoch(offsets::offset_for_leader_epoch(shard, request, version).await)
         }
@@ -154,8 +180,23 @@ pub async fn handle(shard: &Rc<Shard>, request: Request, peer: Option<SocketAddr
     }
 }
 
+/// Handles a consumer group request forwarded from another shard.
+pub async fn handle_forwarded_group_request(
+    shard: &Rc<Shard>,
+    body: RequestKind,
+    version: i16,
+    client: ClientInfo,
+) -> Option<ResponseKind> {
+    groups::handle_forwarded(shard, body, version, client).await
+}
+
 /// Encodes a response with its header and length prefix.
-pub fn encode_response(api_key: ApiKey, version: i16, correlation_id: i32, response: &ResponseKind) -> anyhow::Result<Bytes> {
+pub fn encode_response(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    response: &ResponseKind,
+) -> anyhow::Result<Bytes> {
     let mut buffer = BytesMut::with_capacity(256);
     buffer.put_i32(0);
     ResponseHeader::default()

@@ -47,13 +47,16 @@ async fn lookup(shard: &Rc<Shard>, topic: String, partition: i32, timestamp: i64
         .get(&topic)
         .is_some_and(|info| partition >= 0 && partition < info.partition_count);
     if !known {
-        return ListOffsetOutcome { error_code: ResponseError::UnknownTopicOrPartition.code(), offset: -1, timestamp: -1 };
+        return ListOffsetOutcome {
+            error_code: ResponseError::UnknownTopicOrPartition.code(),
+            offset: -1,
+            timestamp: -1,
+        };
     }
     let owner = shard.owner_of(&topic, partition);
-    shard
-        .call(owner, |reply| ShardMessage::ListOffsets { topic, partition, timestamp, reply })
-        .await
-        .unwrap_or(ListOffsetOutcome { error_code: ResponseError::NotLeaderOrFollower.code(), offset: -1, timestamp: -1 })
+    shard.call(owner, |reply| ShardMessage::ListOffsets { topic, partition, timestamp, reply }).await.unwrap_or(
+        ListOffsetOutcome { error_code: ResponseError::NotLeaderOrFollower.code(), offset: -1, timestamp: -1 },
+    )
 }
 
 /// Every partition has had one leader epoch (0) for its whole life, so the

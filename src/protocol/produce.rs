@@ -32,11 +32,17 @@ pub async fn produce(shard: &Rc<Shard>, request: ProduceRequest, version: i16) -
             async move {
                 let index = partition_data.index;
                 let outcome = if !acks_valid {
-                    error_outcome(ResponseError::InvalidRequiredAcks.code(), format!("acks must be -1, 0 or 1, got {acks}"))
+                    error_outcome(
+                        ResponseError::InvalidRequiredAcks.code(),
+                        format!("acks must be -1, 0 or 1, got {acks}"),
+                    )
                 } else if let Some(message) = name_error {
                     error_outcome(ResponseError::InvalidTopicException.code(), message)
                 } else if !topic_known {
-                    error_outcome(ResponseError::UnknownTopicOrPartition.code(), format!("topic `{topic}` does not exist"))
+                    error_outcome(
+                        ResponseError::UnknownTopicOrPartition.code(),
+                        format!("topic `{topic}` does not exist"),
+                    )
                 } else {
                     let records = partition_data.records.unwrap_or_default();
                     let owner = shard.owner_of(&topic, index);
@@ -44,7 +50,10 @@ pub async fn produce(shard: &Rc<Shard>, request: ProduceRequest, version: i16) -
                         .call(owner, |reply| ShardMessage::Produce { topic, partition: index, records, acks, reply })
                         .await
                         .unwrap_or_else(|| {
-                            error_outcome(ResponseError::NotLeaderOrFollower.code(), "owner shard is stopping".to_string())
+                            error_outcome(
+                                ResponseError::NotLeaderOrFollower.code(),
+                                "owner shard is stopping".to_string(),
+                            )
                         })
                 };
                 partition_response(index, outcome, version)
@@ -52,9 +61,7 @@ pub async fn produce(shard: &Rc<Shard>, request: ProduceRequest, version: i16) -
         });
         let partition_responses = join_all(partitions).await;
         topics.push(
-            TopicProduceResponse::default()
-                .with_name(topic_data.name)
-                .with_partition_responses(partition_responses),
+            TopicProduceResponse::default().with_name(topic_data.name).with_partition_responses(partition_responses),
         );
     }
     ProduceResponse::default().with_responses(topics)

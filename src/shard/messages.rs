@@ -62,6 +62,14 @@ pub enum ShardMessage {
         changes: Vec<MetadataChange>,
         reply: oneshot::Sender<()>,
     },
+    /// A consumer group request for a group this shard coordinates,
+    /// forwarded by a shard that shares the listener.
+    GroupRequest {
+        body: kafka_protocol::messages::RequestKind,
+        version: i16,
+        client: crate::group::ClientInfo,
+        reply: oneshot::Sender<Option<kafka_protocol::messages::ResponseKind>>,
+    },
     /// To shard 0: hand out a producer id.
     InitProducerId {
         request: kafka_protocol::messages::InitProducerIdRequest,
@@ -69,7 +77,9 @@ pub enum ShardMessage {
         reply: oneshot::Sender<kafka_protocol::messages::InitProducerIdResponse>,
     },
     /// Close every log and reply; the shard stops serving afterwards.
-    Shutdown { reply: oneshot::Sender<()> },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 impl ShardMessage {
@@ -85,6 +95,7 @@ impl ShardMessage {
             ShardMessage::CreatePartitions { .. } => "create_partitions",
             ShardMessage::ApplyMetadata { .. } => "apply_metadata",
             ShardMessage::InitProducerId { .. } => "init_producer_id",
+            ShardMessage::GroupRequest { .. } => "group_request",
             ShardMessage::Shutdown { .. } => "shutdown",
         }
     }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use futures::channel::oneshot;
 
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, ListenerMode};
 use crate::group::{GroupCoordinator, ProducerIdAllocator};
 use crate::metadata::{self, MetadataView};
 use crate::runtime::{self, MeshSenders};
@@ -39,7 +39,8 @@ pub struct Shard {
     pub id: usize,
     pub count: usize,
     pub config: Arc<BrokerConfig>,
-    /// Every shard's advertised address, indexed by shard id.
+    /// Advertised brokers: one per shard indexed by shard id, or a single
+    /// one when all shards share a listener.
     pub brokers: Vec<BrokerAddress>,
     pub metadata: RefCell<MetadataView>,
     /// Logs of the partitions this shard owns: topic -> partition -> log.
@@ -59,6 +60,23 @@ impl Shard {
         metadata::owner_shard(topic, partition, self.count)
     }
 
+    /// Returns the broker id clients are told leads a partition: its owner
+    /// shard, or broker 0 when all shards share one listener.
+    pub fn leader_node(&self, topic: &str, partition: i32) -> i32 {
+        match self.config.listener_mode {
+            ListenerMode::PerShard => self.owner_of(topic, partition) as i32,
+            ListenerMode::Shared => 0,
+        }
+    }
+
+    /// Returns the advertised broker that coordinates `group_id`.
+    pub fn coordinator_broker(&self, group_id: &str) -> &BrokerAddress {
+        match self.config.listener_mode {
+            ListenerMode::PerShard => &self.brokers[metadata::group_shard(group_id, self.count)],
+            ListenerMode::Shared => &self.brokers[0],
+        }
+    }
+
     /// Returns the log of a partition this shard owns.
     pub fn local_log(&self, topic: &str, partition: i32) -> Option<PartitionLog> {
         self.partitions.borrow().get(topic)?.get(&partition).cloned()
@@ -66,12 +84,17 @@ impl Shard {
 
     /// Sends a message to `shard` (or handles it here when it is this shard)
     /// and waits for the reply. `build` receives the reply sender.
-    pub async fn call<R>(self: &Rc<Self>, shard: usize, build: impl FnOnce(oneshot::Sender<R>) -> ShardMessage) -> Option<R> {
+    pub async fn call<R>(
+        self: &Rc<Self>,
+        shard: usize,
+        build: impl FnOnce(oneshot::Sender<R>) -> ShardMessage,
+    ) -> Option<R> {
         let (reply, receiver) = oneshot::channel();
         let message = build(reply);
         if shard == self.id {
             // Boxed because handling a message may call other shards, itself included.
-            let handling: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> = Box::pin(self.handle(message));
+            let handling: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> =
+                Box::pin(self.handle(message));
             handling.await;
         } else {
             let kind = message.kind();

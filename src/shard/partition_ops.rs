@@ -17,6 +17,9 @@ use crate::storage::{batch, BatchError, PartitionLog, StorageError};
 /// Most partitions a topic may have; bounds the work one CreateTopics can ask for.
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
 
+/// Unwritten bytes a partition may queue before produce requests wait for its writer.
+pub const PARTITION_QUEUE_MAX_BYTES: usize = 16 * 1024 * 1024;
+
 /// Current wall-clock time in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64)
@@ -78,6 +81,9 @@ impl Shard {
                 self.apply_metadata(&changes).await;
                 let _ = reply.send(());
             }
+            ShardMessage::GroupRequest { body, version, client, reply } => {
+                let _ = reply.send(crate::protocol::handle_forwarded_group_request(self, body, version, client).await);
+            }
             ShardMessage::InitProducerId { request, version, reply } => {
                 let response = match &self.producer_ids {
                     Some(allocator) => allocator.init_producer_id(request, version).await,
@@ -119,6 +125,16 @@ impl Shard {
                 return fail(batch_error_code(&err), err.to_string());
             }
         };
+
+        // Backpressure: while a partition has more unwritten bytes queued than
+        // the limit, wait for the writer before queueing more. This bounds
+        // memory for acks=0 producers, who never wait on their own.
+        if log.queued_bytes() > PARTITION_QUEUE_MAX_BYTES {
+            let queued_end = log.log_end_offset() - 1;
+            if let Err(err) = log.wait_written(queued_end).await {
+                return fail(storage_error_code(&err), err.to_string());
+            }
+        }
 
         let now = now_ms();
         let mut first: Option<crate::storage::AppendInfo> = None;
@@ -195,7 +211,11 @@ impl Shard {
 
     async fn list_offset_local(&self, topic: &str, partition: i32, timestamp: i64) -> ListOffsetOutcome {
         let Some(log) = self.local_log(topic, partition) else {
-            return ListOffsetOutcome { error_code: ResponseError::UnknownTopicOrPartition.code(), offset: -1, timestamp: -1 };
+            return ListOffsetOutcome {
+                error_code: ResponseError::UnknownTopicOrPartition.code(),
+                offset: -1,
+                timestamp: -1,
+            };
         };
         match timestamp {
             // Earliest.
@@ -299,9 +319,7 @@ impl Shard {
         debug_assert_eq!(self.id, 0, "only shard 0 changes metadata");
         let data_dir = self.config.data_dir.clone();
         let to_write = changes.clone();
-        runtime::spawn_blocking(move || metadata::append(&data_dir, &to_write))
-            .await
-            .map_err(|err| err.to_string())?;
+        runtime::spawn_blocking(move || metadata::append(&data_dir, &to_write)).await.map_err(|err| err.to_string())?;
         for shard in 0..self.count {
             let changes = changes.clone();
             self.call(shard, |reply| ShardMessage::ApplyMetadata { changes, reply }).await;
@@ -315,7 +333,8 @@ impl Shard {
         let mut seen = std::collections::HashSet::new();
         for spec in topics {
             let mut result = TopicResult { name: spec.name.clone(), ..Default::default() };
-            let partition_count = if spec.partition_count == -1 { self.config.num_partitions } else { spec.partition_count };
+            let partition_count =
+                if spec.partition_count == -1 { self.config.num_partitions } else { spec.partition_count };
             let check = self.check_new_topic(&spec, partition_count, &mut seen);
             match check {
                 Err((code, message)) => {
@@ -368,7 +387,8 @@ impl Shard {
         partition_count: i32,
         seen: &mut std::collections::HashSet<String>,
     ) -> Result<(), (i16, String)> {
-        metadata::validate_topic_name(&spec.name).map_err(|message| (ResponseError::InvalidTopicException.code(), message))?;
+        metadata::validate_topic_name(&spec.name)
+            .map_err(|message| (ResponseError::InvalidTopicException.code(), message))?;
         if self.metadata.borrow().topics.contains_key(&spec.name) || !seen.insert(spec.name.clone()) {
             return Err((ResponseError::TopicAlreadyExists.code(), format!("topic `{}` already exists", spec.name)));
         }
@@ -435,8 +455,9 @@ impl Shard {
                 }
                 Some(current) if count <= current || count > PARTITIONS_PER_TOPIC_MAX => {
                     result.error_code = ResponseError::InvalidPartitions.code();
-                    result.error_message =
-                        Some(format!("topic `{name}` has {current} partitions; the new count must be larger, got {count}"));
+                    result.error_message = Some(format!(
+                        "topic `{name}` has {current} partitions; the new count must be larger, got {count}"
+                    ));
                 }
                 Some(_) => {
                     if !validate_only {

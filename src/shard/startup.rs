@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::channel::oneshot;
 
 use super::{BrokerAddress, Shard, ShardMessage};
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, ListenerMode};
 use crate::group::{GroupConfig, GroupCoordinator, ProducerIdAllocator, ProducerIdConfig};
 use crate::metadata::{self, MetadataChange, MetadataView};
 use crate::runtime::{self, Mesh, TcpListener};
@@ -71,10 +71,18 @@ pub fn run_broker(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         ip if ip.is_unspecified() => "localhost".to_string(),
         ip => ip.to_string(),
     });
-    let brokers: Vec<BrokerAddress> = shard_addresses
+    let advertised = match config.listener_mode {
+        ListenerMode::PerShard => &shard_addresses[..],
+        ListenerMode::Shared => &shard_addresses[..1],
+    };
+    let brokers: Vec<BrokerAddress> = advertised
         .iter()
         .enumerate()
-        .map(|(shard, address)| BrokerAddress { node_id: shard as i32, host: advertised_host.clone(), port: address.port() })
+        .map(|(shard, address)| BrokerAddress {
+            node_id: shard as i32,
+            host: advertised_host.clone(),
+            port: address.port(),
+        })
         .collect();
 
     let pinned: Vec<Option<usize>> = (0..shard_count)
@@ -83,7 +91,14 @@ pub fn run_broker(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     let mesh = Mesh::<ShardMessage>::new(shard_count, MESH_CHANNEL_CAPACITY);
     let (ready_sender, ready_receiver) = mpsc::channel::<Result<usize, String>>();
     let mut stop_senders = Vec::new();
-    let shared = Arc::new(StartParams { config: config.clone(), brokers, view, listener_fds, shard_count });
+    let shared = Arc::new(StartParams {
+        config: config.clone(),
+        brokers,
+        view,
+        listener_fds,
+        listen_addresses: shard_addresses.clone(),
+        shard_count,
+    });
     let threads = runtime::start_shards(&pinned, |shard_id| {
         let (stop_sender, stop) = oneshot::channel::<()>();
         stop_senders.push(stop_sender);
@@ -108,6 +123,7 @@ struct StartParams {
     brokers: Vec<BrokerAddress>,
     view: MetadataView,
     listener_fds: Vec<RawFd>,
+    listen_addresses: Vec<SocketAddr>,
     shard_count: usize,
 }
 
@@ -164,7 +180,12 @@ async fn shard_main(
     let weak = Rc::downgrade(&shard);
     shard.groups.set_partition_validator(move |topic, partition| {
         weak.upgrade().is_some_and(|shard| {
-            shard.metadata.borrow().topics.get(topic).is_some_and(|info| partition >= 0 && partition < info.partition_count)
+            shard
+                .metadata
+                .borrow()
+                .topics
+                .get(topic)
+                .is_some_and(|info| partition >= 0 && partition < info.partition_count)
         })
     });
 
@@ -196,8 +217,7 @@ async fn shard_main(
     let listener = unsafe_listener(params.listener_fds[shard_id]);
     let accept_task = runtime::spawn_local(crate::net::accept_loop(shard.clone(), listener));
     let retention_task = runtime::spawn_local(retention_loop(shard.clone()));
-    tracing::info!(target: "weir::shard", shard = shard_id, address = %format!("{}:{}", shard.brokers[shard_id].host, shard.brokers[shard_id].port),
-        "shard serving");
+    tracing::info!(target: "weir::shard", shard = shard_id, address = %params.listen_addresses[shard_id], "shard serving");
     let _ = ready.send(Ok(shard_id));
 
     let _ = stop.await;
@@ -263,17 +283,40 @@ fn bind_listeners(config: &BrokerConfig, shard_count: usize) -> anyhow::Result<(
     let mut addresses = Vec::with_capacity(shard_count);
     for shard in 0..shard_count {
         let mut address = config.listen;
-        if address.port() != 0 {
-            let port = u32::from(address.port()) + shard as u32;
-            anyhow::ensure!(port <= u32::from(u16::MAX), "shard {shard} would listen on port {port}, past 65535; lower the listen port");
-            address.set_port(port as u16);
+        match config.listener_mode {
+            ListenerMode::PerShard if address.port() != 0 => {
+                let port = u32::from(address.port()) + shard as u32;
+                anyhow::ensure!(
+                    port <= u32::from(u16::MAX),
+                    "shard {shard} would listen on port {port}, past 65535; lower the listen port"
+                );
+                address.set_port(port as u16);
+            }
+            ListenerMode::PerShard => {}
+            // Every shard binds the port the first one got.
+            ListenerMode::Shared => {
+                if let Some(first) = addresses.first() {
+                    address = *first;
+                }
+            }
         }
-        let listener = StdTcpListener::bind(address)
+        let listener = bind_one(address, config.listener_mode == ListenerMode::Shared)
             .map_err(|err| anyhow::anyhow!("failed to listen on {address} for shard {shard}: {err}"))?;
         addresses.push(listener.local_addr()?);
         fds.push(listener.into_raw_fd());
     }
     Ok((fds, addresses))
+}
+
+fn bind_one(address: SocketAddr, reuse_port: bool) -> std::io::Result<StdTcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 fn new_cluster_id() -> String {

@@ -307,7 +307,14 @@ fn publish(segment: &mut SegmentState, start: u64, batches: &[QueuedBatch], size
 async fn roll(shared: &LogShared, active: &mut ActiveWriter) -> Result<(), StorageError> {
     active.seal(shared).await?;
     let new_base_offset = shared.written.get();
-    let next_queued = shared.state.borrow().queue.front().map(|batch| batch.base_offset);
+    let next_queued = {
+        let state = shared.state.borrow();
+        if let Some(failure) = &state.failure {
+            // The syncer failed while the segment was sealed; the queue is gone.
+            return Err(failure.to_error());
+        }
+        state.queue.front().map(|batch| batch.base_offset)
+    };
     assert_eq!(
         next_queued,
         Some(new_base_offset),
