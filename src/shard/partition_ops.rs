@@ -129,7 +129,7 @@ impl Shard {
                 let _ = reply.send(());
             }
             ShardMessage::GroupRequest { body, version, client, reply } => {
-                let _ = reply.send(crate::protocol::handle_forwarded_group_request(self, body, version, client).await);
+                let _ = reply.send(crate::protocol::handle_forwarded_group_request(self, *body, version, client).await);
             }
             ShardMessage::InitProducerId { request, version, reply } => {
                 let response = match &self.producer_ids {
