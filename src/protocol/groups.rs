@@ -40,6 +40,7 @@ enum Route<Req, Resp> {
 /// Routes a single-group request. With per-shard listeners a request for
 /// another shard's group gets NOT_COORDINATOR (clients then ask
 /// FindCoordinator again); with a shared listener it is forwarded.
+#[allow(clippy::too_many_arguments)] // one value per routing decision; a struct would only rename them
 async fn route<Req, Resp>(
     shard: &Rc<Shard>,
     group_id: &str,
@@ -70,7 +71,7 @@ async fn forward(
     version: i16,
     client: ClientInfo,
 ) -> Option<ResponseKind> {
-    shard.call(owner, |reply| ShardMessage::GroupRequest { body, version, client, reply }).await.flatten()
+    shard.call(owner, |reply| ShardMessage::GroupRequest { body: Box::new(body), version, client, reply }).await.flatten()
 }
 
 /// Handles a group request forwarded by another shard; this shard

@@ -65,7 +65,7 @@ pub enum ShardMessage {
     /// A consumer group request for a group this shard coordinates,
     /// forwarded by a shard that shares the listener.
     GroupRequest {
-        body: kafka_protocol::messages::RequestKind,
+        body: Box<kafka_protocol::messages::RequestKind>,
         version: i16,
         client: crate::group::ClientInfo,
         reply: oneshot::Sender<Option<kafka_protocol::messages::ResponseKind>>,

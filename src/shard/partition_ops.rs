@@ -12,13 +12,60 @@ use super::Shard;
 use crate::config::validate_topic_config;
 use crate::metadata::{self, MetadataChange, TopicInfo};
 use crate::runtime;
-use crate::storage::{batch, BatchError, PartitionLog, StorageError};
+use crate::storage::{batch, BatchError, BatchHeader, PartitionLog, StorageError};
 
 /// Most partitions a topic may have; bounds the work one CreateTopics can ask for.
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
 
 /// Unwritten bytes a partition may queue before produce requests wait for its writer.
 pub const PARTITION_QUEUE_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// ListOffsets special timestamps (KIP-734, KIP-1005).
+const LIST_OFFSETS_LATEST: i64 = -1;
+const LIST_OFFSETS_EARLIEST: i64 = -2;
+const LIST_OFFSETS_MAX_TIMESTAMP: i64 = -3;
+const LIST_OFFSETS_EARLIEST_LOCAL: i64 = -4;
+const LIST_OFFSETS_LATEST_TIERED: i64 = -5;
+
+/// Finds the first record at or after the batch whose max timestamp reaches
+/// `timestamp` for which `accept(record timestamp)` holds, decompressing that
+/// one batch. Returns its offset and timestamp.
+async fn record_at_timestamp(
+    log: &PartitionLog,
+    timestamp: i64,
+    accept: impl Fn(i64) -> bool,
+) -> Result<Option<(i64, i64)>, StorageError> {
+    let Some((batch_offset, _)) = log.offset_for_timestamp(timestamp).await? else {
+        return Ok(None);
+    };
+    let read = log.read(batch_offset, 1).await?;
+    for stored in read.batches {
+        let header = BatchHeader::parse(&stored)?;
+        let log_append_time = header.attributes & TIMESTAMP_TYPE_LOG_APPEND_TIME != 0;
+        let mut bytes = stored.clone();
+        let records = match kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes) {
+            Ok(set) => set.records,
+            Err(err) => {
+                return Err(StorageError::Batch(BatchError::Corrupt(format!(
+                    "stored batch at offset {} does not decode: {err}",
+                    header.base_offset
+                ))))
+            }
+        };
+        for record in records {
+            let record_timestamp = if log_append_time { header.max_timestamp } else { record.timestamp };
+            if accept(record_timestamp) {
+                return Ok(Some((record.offset, record_timestamp)));
+            }
+        }
+    }
+    // The batch's max timestamp reached the target, so a record must match;
+    // fall back to the batch start if the records disagree with the header.
+    Ok(Some((batch_offset, timestamp)))
+}
+
+/// Attribute bit of a batch whose timestamps are broker append times.
+const TIMESTAMP_TYPE_LOG_APPEND_TIME: i16 = 0x08;
 
 /// Current wall-clock time in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -82,7 +129,7 @@ impl Shard {
                 let _ = reply.send(());
             }
             ShardMessage::GroupRequest { body, version, client, reply } => {
-                let _ = reply.send(crate::protocol::handle_forwarded_group_request(self, body, version, client).await);
+                let _ = reply.send(crate::protocol::handle_forwarded_group_request(self, *body, version, client).await);
             }
             ShardMessage::InitProducerId { request, version, reply } => {
                 let response = match &self.producer_ids {
@@ -211,26 +258,25 @@ impl Shard {
 
     async fn list_offset_local(&self, topic: &str, partition: i32, timestamp: i64) -> ListOffsetOutcome {
         let Some(log) = self.local_log(topic, partition) else {
-            return ListOffsetOutcome {
-                error_code: ResponseError::UnknownTopicOrPartition.code(),
-                offset: -1,
-                timestamp: -1,
-            };
+            return ListOffsetOutcome { error_code: ResponseError::UnknownTopicOrPartition.code(), offset: -1, timestamp: -1 };
         };
-        match timestamp {
-            // Earliest.
-            -2 => ListOffsetOutcome { error_code: 0, offset: log.log_start_offset(), timestamp: -1 },
-            // Latest, and max timestamp, which we answer with the latest offset.
-            // NOTE: for -3 (max timestamp) Kafka returns the offset of the record with the largest
-            // timestamp; Weir returns the log end instead.
-            -1 | -3 => ListOffsetOutcome { error_code: 0, offset: log.high_watermark(), timestamp: -1 },
-            // Earliest local (tiered storage): the same as earliest here.
-            -4 | -5 => ListOffsetOutcome { error_code: 0, offset: log.log_start_offset(), timestamp: -1 },
-            timestamp => match log.offset_for_timestamp(timestamp).await {
-                Ok(Some((offset, found))) => ListOffsetOutcome { error_code: 0, offset, timestamp: found },
-                Ok(None) => ListOffsetOutcome { error_code: 0, offset: -1, timestamp: -1 },
-                Err(err) => ListOffsetOutcome { error_code: storage_error_code(&err), offset: -1, timestamp: -1 },
+        let found = match timestamp {
+            LIST_OFFSETS_EARLIEST | LIST_OFFSETS_EARLIEST_LOCAL => Ok(Some((log.log_start_offset(), -1))),
+            LIST_OFFSETS_LATEST | LIST_OFFSETS_LATEST_TIERED => Ok(Some((log.high_watermark(), -1))),
+            LIST_OFFSETS_MAX_TIMESTAMP => match log.max_timestamp() {
+                Some(max) => record_at_timestamp(&log, max, |record_timestamp| record_timestamp == max).await,
+                None => Ok(None),
             },
+            timestamp => record_at_timestamp(&log, timestamp, |record_timestamp| record_timestamp >= timestamp).await,
+        };
+        match found {
+            Ok(Some((offset, timestamp))) => ListOffsetOutcome { error_code: 0, offset, timestamp },
+            Ok(None) => ListOffsetOutcome { error_code: 0, offset: -1, timestamp: -1 },
+            Err(err) => {
+                tracing::warn!(target: "weir::shard", shard = self.id, topic, partition, timestamp, error = %err,
+                    "timestamp lookup failed");
+                ListOffsetOutcome { error_code: storage_error_code(&err), offset: -1, timestamp: -1 }
+            }
         }
     }
 

@@ -225,6 +225,17 @@ impl PartitionLog {
         self.handle.shared.state.borrow().queued_bytes
     }
 
+    /// Returns the largest batch max timestamp stored, None for an empty log.
+    pub fn max_timestamp(&self) -> Option<i64> {
+        let state = self.handle.shared.state.borrow();
+        state
+            .segments
+            .values()
+            .filter(|segment| segment.written_bytes > 0)
+            .map(|segment| segment.indexes.max_timestamp_ms)
+            .max()
+    }
+
     /// Sets the partition leader epoch stamped into batches appended from now on.
     pub fn set_leader_epoch(&self, epoch: i32) {
         self.handle.shared.state.borrow_mut().leader_epoch = epoch;
