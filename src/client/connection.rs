@@ -636,3 +636,125 @@ async fn flush_coalesced(
     coalesced.clear();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{block_on, TcpListener};
+    use futures::io::{AsyncReadExt, AsyncWriteExt};
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
+
+    /// Reads one request frame and returns its correlation id.
+    async fn read_request(stream: &mut TcpStream) -> i32 {
+        let mut size = [0u8; 4];
+        stream.read_exact(&mut size).await.expect("request size");
+        let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+        stream.read_exact(&mut body).await.expect("request body");
+        // api key (2), api version (2), then the correlation id.
+        i32::from_be_bytes(body[4..8].try_into().unwrap())
+    }
+
+    async fn write_response<M: Encodable>(stream: &mut TcpStream, correlation_id: i32, body: &M, version: i16) {
+        let mut buf = BytesMut::new();
+        buf.put_i32(0);
+        buf.put_i32(correlation_id);
+        body.encode(&mut buf, version).expect("encode response");
+        let size = (buf.len() - 4) as i32;
+        buf[..4].copy_from_slice(&size.to_be_bytes());
+        stream.write_all(&buf).await.expect("write response");
+    }
+
+    /// Accepts one connection and answers its ApiVersions request.
+    async fn accept_and_negotiate(listener: &TcpListener) -> TcpStream {
+        let mut stream = listener.accept().await.expect("accept");
+        let correlation_id = read_request(&mut stream).await;
+        let versions = ApiVersionsResponse::default().with_api_keys(vec![
+            ApiVersion::default().with_api_key(ApiVersionsRequest::KEY).with_min_version(0).with_max_version(3),
+            ApiVersion::default().with_api_key(MetadataRequest::KEY).with_min_version(0).with_max_version(1),
+        ]);
+        // ApiVersions responses use header v0 (no tagged fields) at every version.
+        write_response(&mut stream, correlation_id, &versions, API_VERSIONS_MAX).await;
+        stream
+    }
+
+    fn test_config() -> ConnectionConfig {
+        ConnectionConfig { request_timeout: Duration::from_millis(300), ..ConnectionConfig::default() }
+    }
+
+    #[test]
+    fn pipelined_responses_match_in_order() {
+        block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().unwrap().to_string();
+            let server = spawn_local(async move {
+                let mut stream = accept_and_negotiate(&listener).await;
+                let first = read_request(&mut stream).await;
+                let second = read_request(&mut stream).await;
+                for (correlation_id, controller) in [(first, 1), (second, 2)] {
+                    let response = MetadataResponse::default().with_controller_id(controller.into());
+                    write_response(&mut stream, correlation_id, &response, 1).await;
+                }
+                stream
+            });
+
+            let connection = Connection::connect(&addr, &test_config()).await.expect("connect");
+            assert_eq!(connection.version_for::<MetadataRequest>().unwrap(), 1, "capped at the broker's max");
+            let request = MetadataRequest::default().with_topics(Some(vec![]));
+            let first = connection.send(&request, 1).await.expect("send first");
+            let second = connection.send(&request, 1).await.expect("send second");
+            assert_eq!(connection.in_flight(), 2);
+            assert_eq!(first.await.expect("first response").controller_id.0, 1);
+            assert_eq!(second.await.expect("second response").controller_id.0, 2);
+            assert!(!connection.is_closed());
+            drop(server);
+        });
+    }
+
+    #[test]
+    fn out_of_order_response_closes_connection() {
+        block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().unwrap().to_string();
+            let server = spawn_local(async move {
+                let mut stream = accept_and_negotiate(&listener).await;
+                let _first = read_request(&mut stream).await;
+                let second = read_request(&mut stream).await;
+                write_response(&mut stream, second, &MetadataResponse::default(), 1).await;
+                stream
+            });
+
+            let connection = Connection::connect(&addr, &test_config()).await.expect("connect");
+            let request = MetadataRequest::default().with_topics(Some(vec![]));
+            let first = connection.send(&request, 1).await.expect("send first");
+            let second = connection.send(&request, 1).await.expect("send second");
+            let error = first.await.expect_err("mismatched correlation id");
+            assert!(error.to_string().contains("does not match"), "{error}");
+            assert!(second.await.is_err(), "the other pending request fails too");
+            assert!(connection.is_closed());
+            assert!(connection.send(&request, 1).await.is_err(), "a closed connection takes no request");
+            drop(server);
+        });
+    }
+
+    #[test]
+    fn unanswered_request_times_out() {
+        block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().unwrap().to_string();
+            let server = spawn_local(async move {
+                let mut stream = accept_and_negotiate(&listener).await;
+                let _ignored = read_request(&mut stream).await;
+                stream
+            });
+
+            let connection = Connection::connect(&addr, &test_config()).await.expect("connect");
+            let request = MetadataRequest::default().with_topics(Some(vec![]));
+            let error = connection.call(&request).await.expect_err("no response");
+            assert!(matches!(error, ClientError::Timeout { timeout_ms: 300, .. }), "{error}");
+            assert_eq!(error.kafka_code(), Some(7), "REQUEST_TIMED_OUT");
+            assert!(connection.is_closed());
+            drop(server);
+        });
+    }
+}

@@ -290,7 +290,8 @@ impl Producer {
 
     /// Calls `listener` once per completed batch, before its records'
     /// delivery futures complete. A cheap way to observe every outcome
-    /// without polling one future per record.
+    /// without polling one future per record. The listener runs inside the
+    /// producer and must not call it.
     pub fn set_batch_listener(&self, listener: impl Fn(&BatchReport<'_>) + 'static) {
         *self.inner.listener.borrow_mut() = Some(Box::new(listener));
     }
