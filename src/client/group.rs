@@ -277,8 +277,10 @@ impl GroupConsumer {
                             self.membership.coordinator.set(-1);
                         }
                     }
-                    if !err.is_retriable() && !matches!(err.kafka_code(), Some(ILLEGAL_GENERATION | UNKNOWN_MEMBER_ID))
-                    {
+                    // Kafka does not class these three as retriable, but each
+                    // only means that the member must join again.
+                    let rejoin_codes = [ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, REBALANCE_IN_PROGRESS];
+                    if !err.is_retriable() && !err.kafka_code().is_some_and(|code| rejoin_codes.contains(&code)) {
                         return Err(err);
                     }
                     last_error = Some(err);

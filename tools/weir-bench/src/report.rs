@@ -66,6 +66,10 @@ pub struct Report {
     pub broker_command: Option<String>,
     pub interrupted: bool,
     pub measured_secs: f64,
+    /// Seconds until every consumer joined and producers began; they are
+    /// part of the measured time when warm-up is shorter.
+    #[serde(default)]
+    pub consumers_ready_secs: Option<f64>,
     pub produced: Throughput,
     pub consumed: Throughput,
     pub produce_latency: Percentiles,
@@ -153,6 +157,7 @@ impl Report {
             broker_command,
             interrupted: measured.interrupted,
             measured_secs: secs,
+            consumers_ready_secs: measured.consumers_ready_secs,
             produced,
             consumed,
             produce_latency,
@@ -216,6 +221,9 @@ impl Report {
             config.warmup_secs,
             if self.interrupted { " (interrupted: partial results)" } else { "" }
         );
+        if let Some(ready) = self.consumers_ready_secs {
+            let _ = writeln!(out, "consumers ready and producers started {ready:.1} s after the start");
+        }
         let _ = writeln!(out);
         let _ = writeln!(out, "{:<22}{:>14}{:>12}{:>16}{:>14}", "throughput", "msg/s", "MB/s", "messages", "MB");
         for (name, throughput) in [("produced (acked)", &self.produced), ("consumed", &self.consumed)] {

@@ -48,6 +48,7 @@ const SEND_ERRORS_BEFORE_BACKOFF: u32 = 10;
 /// Maximum time producers wait for consumers to join their groups.
 const CONSUMER_START_TIMEOUT: Duration = Duration::from_secs(60);
 const CONSUMER_START_POLL: Duration = Duration::from_millis(5);
+const GROUP_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(300);
 /// Sleep only when the next message is due this far ahead; nearer sends go
 /// out at once (their latency still counts from the intended time).
 const SLEEP_THRESHOLD: Duration = Duration::from_micros(50);
@@ -74,6 +75,9 @@ pub struct StageResult {
     pub all: Interval,
     pub measured_secs: f64,
     pub interrupted: bool,
+    /// Seconds from the stage start until every consumer had its start
+    /// positions and producers began (group joins included).
+    pub consumers_ready_secs: Option<f64>,
 }
 
 /// Settings every thread reads.
@@ -131,6 +135,7 @@ pub fn run_stage(plan: &Arc<Plan>, stage: &Stage, interrupted: &Arc<AtomicBool>)
     let mut done = 0;
     let mut stopped_at: Option<Instant> = None;
     let mut was_interrupted = false;
+    let mut consumers_ready_secs = None;
     let run_length = stage.duration_secs.map(|secs| Duration::from_secs(stage.warmup_secs + secs));
     let drain = Duration::from_secs(plan.config.drain_secs);
 
@@ -149,6 +154,12 @@ pub fn run_stage(plan: &Arc<Plan>, stage: &Stage, interrupted: &Arc<AtomicBool>)
             Err(RecvTimeoutError::Disconnected) => break,
         }
 
+        if stage.with_consumers
+            && consumers_ready_secs.is_none()
+            && control.consumers_starting.load(Ordering::Acquire) == 0
+        {
+            consumers_ready_secs = Some(control.started.elapsed().as_secs_f64());
+        }
         if stopped_at.is_none() {
             let elapsed = control.started.elapsed();
             let finished_producers =
@@ -179,7 +190,7 @@ pub fn run_stage(plan: &Arc<Plan>, stage: &Stage, interrupted: &Arc<AtomicBool>)
     }
     let stop_secs = stopped_at.map_or(control.started.elapsed(), |at| at.duration_since(control.started));
     let measured_secs = (stop_secs.as_secs_f64() - stage.warmup_secs as f64).max(0.001);
-    Ok(StageResult { measured, all, measured_secs, interrupted: was_interrupted })
+    Ok(StageResult { measured, all, measured_secs, interrupted: was_interrupted, consumers_ready_secs })
 }
 
 fn print_progress(second: u64, interval: &Interval, warmup: bool, config: &RunConfig) {
@@ -542,7 +553,10 @@ async fn consume(
     let mut consumer = if config.consumer_assignment == "group" {
         let group_id = format!("{}-group-{group}-{}", config.topic, plan.run_id);
         let topics: Vec<&str> = plan.topics.iter().map(String::as_str).collect();
-        let joined = GroupConsumer::join(client.clone(), consumer_config, GroupConfig::new(&group_id), &topics)
+        // Members learn of a rebalance from their next heartbeat, so a short
+        // interval lets the group settle quickly while the run starts.
+        let group_config = GroupConfig { heartbeat_interval: GROUP_HEARTBEAT_INTERVAL, ..GroupConfig::new(&group_id) };
+        let joined = GroupConsumer::join(client.clone(), consumer_config, group_config, &topics)
             .await
             .with_context(|| format!("failed to join consumer group {group_id}"))?;
         BenchConsumer::Group(joined)
