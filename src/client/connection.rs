@@ -1,6 +1,6 @@
 //! One TCP connection to one broker, with pipelined requests.
 //!
-//! Kafka brokers answer the requests of one connection in the order they
+//! Kafka brokers respond to the requests of one connection in the order they
 //! arrived, so the client may send the next request before the previous
 //! response is back. A connection runs two tasks on the caller's executor:
 //!
@@ -100,7 +100,7 @@ pub fn api_name(api_key: i16) -> &'static str {
 pub struct ConnectionConfig {
     /// The `client.id` sent in every request header.
     pub client_id: String,
-    /// Requests sent but not yet answered (Kafka's
+    /// Maximum requests sent and still awaiting a response (Kafka's
     /// `max.in.flight.requests.per.connection`).
     pub max_in_flight: usize,
     /// Time a request may wait for its response before the connection is closed.
@@ -205,7 +205,7 @@ impl Connection {
         Ok(connection)
     }
 
-    /// The broker address this connection was opened to.
+    /// Returns the broker address this connection was opened to.
     pub fn addr(&self) -> &str {
         &self.shared.addr
     }
@@ -215,7 +215,7 @@ impl Connection {
         self.shared.failure.borrow().is_some()
     }
 
-    /// Requests submitted and not answered yet.
+    /// Returns the number of requests still awaiting a response.
     pub fn in_flight(&self) -> usize {
         self.shared.pending.borrow().len()
     }
@@ -318,9 +318,9 @@ impl Connection {
             .with_client_software_name(StrBytes::from_static_str("weir-client"))
             .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
 
-        // A broker that does not know our ApiVersions version answers with
-        // error UNSUPPORTED_VERSION in the v0 layout, listing the versions it
-        // does support; the second attempt uses one of those.
+        // A broker that does not support the requested ApiVersions version
+        // responds with UNSUPPORTED_VERSION in the v0 layout and lists the
+        // versions it supports. The second attempt uses one of those.
         let mut version = API_VERSIONS_MAX;
         for _attempt in 0..2 {
             let receiver = self.submit(&request, version, true).await?;
@@ -367,7 +367,7 @@ fn broker_api_versions_max(response: &ApiVersionsResponse) -> i16 {
 }
 
 impl<R: Request> ResponseFuture<R> {
-    /// The response frame after the size prefix, header included.
+    /// Waits for the response frame (after the size prefix, header included).
     async fn raw(mut self) -> Result<Bytes, ClientError> {
         std::future::poll_fn(|cx| self.poll_raw(cx)).await
     }

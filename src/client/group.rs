@@ -14,8 +14,8 @@
 //! 4. OffsetFetch gives each assigned partition's committed offset; a
 //!    partition without one starts at the consumer's `reset_to` position.
 //!
-//! A heartbeat task keeps the membership alive. When the coordinator answers
-//! a heartbeat with REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION or
+//! A heartbeat task keeps the membership alive. When the coordinator responds
+//! to a heartbeat with REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION or
 //! UNKNOWN_MEMBER_ID, the next poll commits the positions (when auto-commit
 //! is on) and joins again.
 
@@ -130,7 +130,7 @@ impl GroupConsumer {
         Ok(group)
     }
 
-    /// The partitions assigned in the current generation.
+    /// Returns the partitions assigned in the current generation.
     pub fn assignment(&self) -> &[(String, Vec<i32>)] {
         &self.assignment
     }
@@ -437,8 +437,8 @@ impl GroupConsumer {
     }
 }
 
-/// Sends heartbeats until the coordinator asks the member to rejoin or the
-/// membership is replaced (the task is dropped then).
+/// Sends heartbeats until the coordinator requests a rejoin, or until the
+/// membership is replaced and the task dropped.
 async fn heartbeat_loop(client: Client, config: GroupConfig, membership: Rc<Membership>) {
     loop {
         sleep(config.heartbeat_interval).await;

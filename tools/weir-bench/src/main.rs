@@ -342,6 +342,7 @@ fn run_with_broker(
     let plan = Arc::new(Plan {
         config: config.clone(),
         run_id,
+        epoch: std::time::Instant::now(),
         bootstrap: config.bootstrap.clone(),
         topics: config.topic_names(),
         cpus,

@@ -85,6 +85,9 @@ pub struct Plan {
     pub config: RunConfig,
     /// Distinguishes this run's consumer group ids from earlier runs'.
     pub run_id: u64,
+    /// Zero point of the send times carried in message values. Every stage
+    /// shares it, so records of the backlog stage keep their true age.
+    pub epoch: Instant,
     pub bootstrap: String,
     pub topics: Vec<String>,
     pub cpus: Vec<Option<usize>>,
@@ -288,8 +291,8 @@ fn client_config(plan: &Plan, index: usize, role: &str) -> ClientConfig {
 }
 
 /// Nanoseconds from the run's epoch to `instant`.
-fn epoch_nanos(control: &Control, instant: Instant) -> u64 {
-    instant.saturating_duration_since(control.started).as_nanos() as u64
+fn epoch_nanos(plan: &Plan, instant: Instant) -> u64 {
+    instant.saturating_duration_since(plan.epoch).as_nanos() as u64
 }
 
 /// Matches batch acknowledgements to the intended send times of their records.
@@ -418,7 +421,7 @@ async fn produce(
             }
             None => Instant::now(),
         };
-        value[..TIMESTAMP_BYTES].copy_from_slice(&epoch_nanos(control, intended).to_le_bytes());
+        value[..TIMESTAMP_BYTES].copy_from_slice(&epoch_nanos(plan, intended).to_le_bytes());
 
         let topic_index = (sent % plan.topics.len() as u64) as usize;
         let key = if config.key_spread > 0 {
@@ -590,7 +593,7 @@ async fn consume(
             }
         };
 
-        let now_nanos = epoch_nanos(control, Instant::now());
+        let now_nanos = epoch_nanos(plan, Instant::now());
         let mut stats = stats.borrow_mut();
         for round_trip in &outcome.fetch_round_trips {
             record_micros(&mut stats.fetch_latency, round_trip.as_micros() as u64);
