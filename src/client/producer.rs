@@ -173,8 +173,7 @@ struct Inner {
     topics: RefCell<HashMap<Rc<str>, TopicQueue>>,
     /// Partitions with sealed batches, each listed once.
     ready: RefCell<VecDeque<(Rc<str>, i32)>>,
-    /// Open batches in creation order, with their linger deadline.
-    lingering: RefCell<VecDeque<(Rc<str>, i32, u64, Instant)>>,
+    lingering: RefCell<VecDeque<LingeringBatch>>,
     buffer: Rc<LocalSemaphore>,
     wakeup: Notify,
     outstanding_batches: Cell<usize>,
@@ -184,6 +183,10 @@ struct Inner {
     next_batch_id: Cell<u64>,
     listener: RefCell<Option<BatchListener>>,
 }
+
+/// An open batch in creation order: topic, partition, batch id and the
+/// deadline when its linger time ends.
+type LingeringBatch = (Rc<str>, i32, u64, Instant);
 
 struct TopicQueue {
     partitions: Vec<PartitionQueue>,

@@ -6,8 +6,8 @@
 //! stdout once it accepts connections, as `weir serve` does.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 

@@ -594,38 +594,7 @@ async fn consume(
         };
 
         let now_nanos = epoch_nanos(plan, Instant::now());
-        let mut stats = stats.borrow_mut();
-        for round_trip in &outcome.fetch_round_trips {
-            record_micros(&mut stats.fetch_latency, round_trip.as_micros() as u64);
-        }
-        for err in &outcome.errors {
-            stats.record_error(err.kafka_code(), 1);
-        }
-        let mut received = 0u64;
-        for fetched in &outcome.partitions {
-            for batch in fetched.batches.iter().filter(|batch| !batch.is_control) {
-                let records = match batch.decode() {
-                    Ok(records) => records,
-                    Err(err) => {
-                        stats.record_error(err.kafka_code(), 1);
-                        continue;
-                    }
-                };
-                for record in records.iter().filter(|record| record.offset >= fetched.fetch_offset) {
-                    received += 1;
-                    let Some(value) = record.value.as_deref() else {
-                        continue;
-                    };
-                    stats.consumed_bytes += value.len() as u64;
-                    if value.len() >= TIMESTAMP_BYTES {
-                        let sent_nanos = u64::from_le_bytes(value[..TIMESTAMP_BYTES].try_into().expect("8 bytes"));
-                        record_micros(&mut stats.end_to_end_latency, now_nanos.saturating_sub(sent_nanos) / 1000);
-                    }
-                }
-            }
-        }
-        stats.consumed_messages += received;
-        drop(stats);
+        let received = record_poll(&mut stats.borrow_mut(), &outcome, now_nanos);
 
         if producers_done && received == 0 && outcome.errors.is_empty() {
             // Every leader returned an empty long poll, so the consumer caught up.
@@ -646,6 +615,42 @@ async fn consume(
     stats.wire_sent_bytes += sent_bytes;
     stats.wire_received_bytes += received_bytes;
     Ok(())
+}
+
+/// Counts what one poll returned and records its latencies. Returns the
+/// number of records received.
+fn record_poll(stats: &mut Interval, outcome: &PollOutcome, now_nanos: u64) -> u64 {
+    for round_trip in &outcome.fetch_round_trips {
+        record_micros(&mut stats.fetch_latency, round_trip.as_micros() as u64);
+    }
+    for err in &outcome.errors {
+        stats.record_error(err.kafka_code(), 1);
+    }
+    let mut received = 0u64;
+    for fetched in &outcome.partitions {
+        for batch in fetched.batches.iter().filter(|batch| !batch.is_control) {
+            let records = match batch.decode() {
+                Ok(records) => records,
+                Err(err) => {
+                    stats.record_error(err.kafka_code(), 1);
+                    continue;
+                }
+            };
+            for record in records.iter().filter(|record| record.offset >= fetched.fetch_offset) {
+                received += 1;
+                let Some(value) = record.value.as_deref() else {
+                    continue;
+                };
+                stats.consumed_bytes += value.len() as u64;
+                if value.len() >= TIMESTAMP_BYTES {
+                    let sent_nanos = u64::from_le_bytes(value[..TIMESTAMP_BYTES].try_into().expect("8 bytes"));
+                    record_micros(&mut stats.end_to_end_latency, now_nanos.saturating_sub(sent_nanos) / 1000);
+                }
+            }
+        }
+    }
+    stats.consumed_messages += received;
+    received
 }
 
 /// Assigns this member its round-robin share of every topic's partitions.

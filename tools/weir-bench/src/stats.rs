@@ -122,12 +122,10 @@ mod tests {
 
     #[test]
     fn intervals_merge_counts_and_histograms() {
-        let mut first = Interval::default();
-        first.produced_messages = 10;
+        let mut first = Interval { produced_messages: 10, ..Interval::default() };
         first.record_error(Some(6), 2);
         record_micros(&mut first.produce_latency, 1000);
-        let mut second = Interval::default();
-        second.produced_messages = 5;
+        let mut second = Interval { produced_messages: 5, ..Interval::default() };
         second.record_error(Some(6), 1);
         second.record_error(None, 1);
         record_micros(&mut second.produce_latency, 3000);
