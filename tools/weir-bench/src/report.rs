@@ -191,6 +191,15 @@ impl Report {
     /// Formats the human-readable summary.
     pub fn summary(&self) -> String {
         let mut out = String::new();
+        self.write_settings(&mut out);
+        self.write_throughput(&mut out);
+        self.write_latency(&mut out);
+        self.write_errors_and_counts(&mut out);
+        self.write_limits(&mut out);
+        out
+    }
+
+    fn write_settings(&self, out: &mut String) {
         let config = &self.config;
         let _ = writeln!(out);
         let _ = writeln!(
@@ -224,6 +233,9 @@ impl Report {
         if let Some(ready) = self.consumers_ready_secs {
             let _ = writeln!(out, "consumers ready and producers started {ready:.1} s after the start");
         }
+    }
+
+    fn write_throughput(&self, out: &mut String) {
         let _ = writeln!(out);
         let _ = writeln!(out, "{:<22}{:>14}{:>12}{:>16}{:>14}", "throughput", "msg/s", "MB/s", "messages", "MB");
         for (name, throughput) in [("produced (acked)", &self.produced), ("consumed", &self.consumed)] {
@@ -237,6 +249,9 @@ impl Report {
                 throughput.bytes as f64 / 1e6
             );
         }
+    }
+
+    fn write_latency(&self, out: &mut String) {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -261,6 +276,9 @@ impl Report {
                 latency.count
             );
         }
+    }
+
+    fn write_errors_and_counts(&self, out: &mut String) {
         let _ = writeln!(out);
         if self.errors.is_empty() {
             let _ = writeln!(out, "errors: none");
@@ -293,6 +311,9 @@ impl Report {
                 let _ = writeln!(out);
             }
         }
+    }
+
+    fn write_limits(&self, out: &mut String) {
         if let (Some(limits), Some(ratios)) = (&self.limits, &self.ratios) {
             let _ = writeln!(out);
             let _ = writeln!(
@@ -314,7 +335,6 @@ impl Report {
                 ratios.produce_p50_of_fdatasync_p50
             );
         }
-        out
     }
 }
 
