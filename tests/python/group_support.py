@@ -1,4 +1,4 @@
-"""Helpers for the consumer group and idempotent producer tests.
+"""Helpers for the consumer group, idempotent producer and admin CLI tests.
 
 `FixedPortBroker` restarts on the ports it had before, so that clients
 created before a restart can reconnect to it, as they would to a real
@@ -12,10 +12,13 @@ import struct
 import time
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 import kafka_wire as wire
+from clients import DeliveryLog, producer
 from weir_broker import Broker, BrokerFactory
 
+CONSUME_TIMEOUT_S = 60.0
 PORT_PAIR_ATTEMPTS = 50
 PORT_RELEASE_TIMEOUT_S = 10.0
 PORT_RELEASE_POLL_S = 0.005
@@ -167,3 +170,62 @@ def read_batch_headers(address, topic, partition):
             if offset >= high_watermark:
                 return headers
     raise AssertionError(f"{topic}-{partition}: fetch made no progress past offset {offset}")
+
+
+def group_on_node(bootstrap, prefix, node_id, attempts=64):
+    """Return a group id starting with `prefix` whose coordinator is `node_id`."""
+    for index in range(attempts):
+        group = f"{prefix}-{index}"
+        with wire.Connection(bootstrap) as connection:
+            body = connection.request(wire.find_coordinator_request(1, group), 1)
+        error_code, coordinator, _ = wire.parse_find_coordinator_v0(body)
+        assert error_code == wire.ERROR_NONE, f"FindCoordinator for {group}: error {error_code}"
+        if coordinator == node_id:
+            return group
+    raise AssertionError(f"none of {attempts} group ids starting with {prefix!r} is coordinated by node {node_id}")
+
+
+def produce_numbers(bootstrap, topic, partitions, per_partition):
+    """Write `per_partition` records numbered from 0 to each partition and return the end offsets."""
+    client = producer(bootstrap)
+    log = DeliveryLog()
+    for partition in range(partitions):
+        for number in range(per_partition):
+            client.produce(topic, value=str(number).encode(), partition=partition, on_delivery=log.for_index((partition, number)))
+    assert client.flush(30) == 0
+    assert log.errors == {}
+    return {partition: per_partition for partition in range(partitions)}
+
+
+def confluent_consumer(bootstrap, group, name, **config):
+    settings = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "client.id": name,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "range",
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 500,
+        "fetch.wait.max.ms": 100,
+    }
+    settings.update(config)
+    return Consumer(settings)
+
+
+def consume_and_commit(consumer, topic, count):
+    """Consume `count` records, then commit the next offset of each consumed partition synchronously.
+
+    Returns {partition: committed offset}.
+    """
+    positions = {}
+    consumed = 0
+    deadline = time.monotonic() + CONSUME_TIMEOUT_S
+    while consumed < count:
+        assert time.monotonic() < deadline, f"consumed {consumed} of {count} records of {topic}"
+        for message in consumer.consume(num_messages=count - consumed, timeout=0.2):
+            assert message.error() is None, message.error()
+            positions[message.partition()] = message.offset() + 1
+            consumed += 1
+    consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in positions.items()], asynchronous=False)
+    return positions

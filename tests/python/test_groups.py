@@ -30,8 +30,8 @@ from kafka import KafkaConsumer
 from kafka import TopicPartition as KafkaPythonTopicPartition
 from kafka.structs import OffsetAndMetadata
 
-import kafka_wire as wire
-from clients import DeliveryLog, admin_client, create_topic, end_offsets, produce_all, producer
+from clients import DeliveryLog, admin_client, create_topic, end_offsets, producer
+from group_support import consume_and_commit, confluent_consumer, group_on_node, produce_numbers
 
 JS_DIR = pathlib.Path(__file__).resolve().parents[1] / "js"
 ADMIN_TIMEOUT_S = 30.0
@@ -42,19 +42,7 @@ POLL_INTERVAL_S = 0.05
 # Records every member must consume after a stable point, to show that the
 # group makes progress while the producer runs.
 PROGRESS_RECORDS = 300
-
-
-def group_on_node(bootstrap, prefix, node_id, attempts=64):
-    """Return a group id starting with `prefix` whose coordinator is `node_id`."""
-    for index in range(attempts):
-        group = f"{prefix}-{index}"
-        with wire.Connection(bootstrap) as connection:
-            body = connection.request(wire.find_coordinator_request(1, group), 1)
-        error_code, coordinator, _ = wire.parse_find_coordinator_v0(body)
-        assert error_code == wire.ERROR_NONE, f"FindCoordinator for {group}: error {error_code}"
-        if coordinator == node_id:
-            return group
-    raise AssertionError(f"none of {attempts} group ids starting with {prefix!r} is coordinated by node {node_id}")
+MEMBER_CLOSE_TIMEOUT_S = 30.0
 
 
 def wait_for(what, condition, timeout_s=PHASE_TIMEOUT_S):
@@ -83,6 +71,8 @@ class Ledger:
 
     def __init__(self, topic):
         self.topic = topic
+        # Members run in their own threads.
+        self.lock = threading.Lock()
         self.committed = {}
         self.deliveries = collections.defaultdict(list)
         self.next_offset = {}
@@ -92,32 +82,51 @@ class Ledger:
         self.uncommitted = set()
         self.discarded = 0
 
-    def record(self, member, period, partition, offset, number):
-        key = (member, period, partition)
-        expected = self.next_offset.get(key, self.committed.get(partition, 0))
-        assert offset == expected, (
-            f"{member} (assignment {period}) received {self.topic}-{partition} offset {offset}, "
-            f"expected {expected}; committed offset is {self.committed.get(partition)}"
-        )
-        self.next_offset[key] = offset + 1
-        if self.deliveries[(partition, offset)]:
-            self.redelivered.append((partition, offset))
-        self.deliveries[(partition, offset)].append((member, number))
+    def record(self, member, assignment, partition, offset, number):
+        with self.lock:
+            key = (member, assignment, partition)
+            expected = self.next_offset.get(key, self.committed.get(partition, 0))
+            assert offset == expected, (
+                f"{member} (assignment {assignment}) received {self.topic}-{partition} offset {offset}, "
+                f"expected {expected}; committed offset is {self.committed.get(partition)}"
+            )
+            self.next_offset[key] = offset + 1
+            if self.deliveries[(partition, offset)]:
+                self.redelivered.append((partition, offset))
+            self.deliveries[(partition, offset)].append((member, number))
+
+    def commit_succeeded(self, partition, offset):
+        with self.lock:
+            self.committed[partition] = offset
 
     def commit_failed(self, member, partition, offset, error):
-        self.commit_failures.append((member, partition, offset, error))
-        first = self.committed.get(partition, 0)
-        self.uncommitted.update((partition, uncommitted) for uncommitted in range(first, offset))
+        with self.lock:
+            self.commit_failures.append((member, partition, offset, error))
+            first = self.committed.get(partition, 0)
+            self.uncommitted.update((partition, uncommitted) for uncommitted in range(first, offset))
 
 
 class Member:
-    """One confluent-kafka group member, driven from the test thread."""
+    """One confluent-kafka group member that consumes in its own thread, as
+    an application would.
 
-    def __init__(self, name, bootstrap, group, ledger):
+    A member blocked in a synchronous commit must not stop the others: with
+    cooperative-sticky, librdkafka sends the commit behind the member's
+    pending JoinGroup, which completes only once the other members rejoin.
+
+    With an eager assignor every rebalance revokes and reassigns all
+    partitions. With cooperative-sticky the callbacks name only the
+    partitions that move.
+    """
+
+    def __init__(self, name, bootstrap, group, ledger, strategy):
         self.name = name
         self.ledger = ledger
+        self.incremental = strategy == "cooperative-sticky"
         self.assignment = set()
-        self.period = 0
+        # Partition -> number of the assignment that gave it to this member.
+        self.assigned_by = {}
+        self.assignment_count = 0
         self.consumed = 0
         self.errors = []
         self.consumer = Consumer(
@@ -127,21 +136,40 @@ class Member:
                 "client.id": name,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
-                "partition.assignment.strategy": "range",
+                "partition.assignment.strategy": strategy,
                 "session.timeout.ms": 10_000,
                 "heartbeat.interval.ms": 500,
                 "fetch.wait.max.ms": 100,
                 "error_cb": self.errors.append,
             }
         )
-        self.consumer.subscribe([ledger.topic], on_assign=self.on_assign, on_revoke=self.on_revoke)
+        self.consumer.subscribe(
+            [ledger.topic], on_assign=self.on_assign, on_revoke=self.on_revoke, on_lost=self.on_revoke
+        )
+        self.failure = None
+        self.stop_requested = threading.Event()
+        self.thread = threading.Thread(target=self.run, name=name, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        try:
+            while not self.stop_requested.is_set():
+                self.step()
+        except BaseException as error:  # raised again by the test thread
+            self.failure = error
+        finally:
+            self.consumer.close()
 
     def on_assign(self, consumer, partitions):
-        self.period += 1
-        self.assignment = {tp.partition for tp in partitions}
+        self.assignment_count += 1
+        added = {tp.partition for tp in partitions}
+        self.assignment = self.assignment | added if self.incremental else added
+        for partition in added:
+            self.assigned_by[partition] = self.assignment_count
 
     def on_revoke(self, consumer, partitions):
-        self.assignment = set()
+        revoked = {tp.partition for tp in partitions}
+        self.assignment = self.assignment - revoked if self.incremental else set()
 
     def step(self):
         """Consume one batch, process it, and commit it synchronously."""
@@ -155,7 +183,8 @@ class Member:
                 # call. It is not processed, so the partition's next owner receives it.
                 self.ledger.discarded += 1
                 continue
-            self.ledger.record(self.name, self.period, partition, message.offset(), int(message.value()))
+            assignment = self.assigned_by[partition]
+            self.ledger.record(self.name, assignment, partition, message.offset(), int(message.value()))
             self.consumed += 1
             processed[partition] = message.offset() + 1
         if processed:
@@ -173,10 +202,15 @@ class Member:
             if tp.error is not None:
                 self.ledger.commit_failed(self.name, tp.partition, tp.offset, tp.error.name())
             else:
-                self.ledger.committed[tp.partition] = tp.offset
+                self.ledger.commit_succeeded(tp.partition, tp.offset)
 
     def close(self):
-        self.consumer.close()
+        """Stop consuming, leave the group, and raise what failed in the member's thread."""
+        self.stop_requested.set()
+        self.thread.join(MEMBER_CLOSE_TIMEOUT_S)
+        assert not self.thread.is_alive(), f"{self.name} did not close within {MEMBER_CLOSE_TIMEOUT_S}s"
+        if self.failure is not None:
+            raise self.failure
 
 
 def balanced(members, partitions, per_member):
@@ -186,17 +220,19 @@ def balanced(members, partitions, per_member):
 
 
 def pump(members, what, condition, timeout_s=PHASE_TIMEOUT_S):
-    """Step every member in turn until `condition()` returns true."""
+    """Wait while the members consume until `condition()` returns true."""
     deadline = time.monotonic() + timeout_s
     while not condition():
+        for member in members:
+            if member.failure is not None:
+                raise member.failure
         if time.monotonic() > deadline:
             state = {m.name: (sorted(m.assignment), m.consumed, m.errors[-3:]) for m in members}
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; members: {state}")
-        for member in members:
-            member.step()
+        time.sleep(POLL_INTERVAL_S)
 
 
-def check_broker_view(bootstrap, group, members, per_member):
+def check_broker_view(bootstrap, group, members, per_member, strategy):
     """Check that DescribeGroups shows the group Stable with the members' own assignments."""
     admin = admin_client(bootstrap)
     expected = {member.name: sorted(member.assignment) for member in members}
@@ -212,12 +248,13 @@ def check_broker_view(bootstrap, group, members, per_member):
         return None
 
     description = wait_for(f"DescribeGroups to show {expected}", described, timeout_s=ADMIN_TIMEOUT_S)
-    assert description.partition_assignor == "range"
+    assert description.partition_assignor == strategy
     assert all(len(partitions) == per_member for partitions in expected.values())
 
 
 @pytest.mark.timeout(300)
-def test_group_rebalances_under_load(broker):
+@pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
+def test_group_rebalances_under_load(broker, strategy):
     topic, partitions = "rebalance", 12
     create_topic(broker.bootstrap, topic, partitions)
     group = "rebalance-group"
@@ -241,23 +278,23 @@ def test_group_rebalances_under_load(broker):
     writer = threading.Thread(target=produce_until_stopped, daemon=True)
     writer.start()
 
-    members = [Member(f"member-{index}", broker.bootstrap, group, ledger) for index in range(3)]
+    members = [Member(f"member-{index}", broker.bootstrap, group, ledger, strategy) for index in range(3)]
     try:
         pump(members, "three members with 4 partitions each", lambda: balanced(members, partitions, 4))
-        check_broker_view(broker.bootstrap, group, members, 4)
+        check_broker_view(broker.bootstrap, group, members, 4, strategy)
         progress_from = {m.name: m.consumed for m in members}
         pump(members, "progress with three members", lambda: all(m.consumed >= progress_from[m.name] + PROGRESS_RECORDS for m in members))
 
         leaving = members.pop()
         leaving.close()
         pump(members, "two members with 6 partitions each", lambda: balanced(members, partitions, 6))
-        check_broker_view(broker.bootstrap, group, members, 6)
+        check_broker_view(broker.bootstrap, group, members, 6, strategy)
         progress_from = {m.name: m.consumed for m in members}
         pump(members, "progress with two members", lambda: all(m.consumed >= progress_from[m.name] + PROGRESS_RECORDS for m in members))
 
-        members.append(Member("member-3", broker.bootstrap, group, ledger))
+        members.append(Member("member-3", broker.bootstrap, group, ledger, strategy))
         pump(members, "three members again with 4 partitions each", lambda: balanced(members, partitions, 4))
-        check_broker_view(broker.bootstrap, group, members, 4)
+        check_broker_view(broker.bootstrap, group, members, 4, strategy)
         progress_from = {m.name: m.consumed for m in members}
         pump(members, "progress after the join", lambda: all(m.consumed >= progress_from[m.name] + PROGRESS_RECORDS for m in members))
 
@@ -273,8 +310,14 @@ def test_group_rebalances_under_load(broker):
         )
     finally:
         stop.set()
+        failures = []
         for member in members:
-            member.close()
+            try:
+                member.close()
+            except BaseException as error:
+                failures.append(error)
+        if failures:
+            raise failures[0]
 
     # Every acknowledged record was consumed, as the record the producer sent.
     acknowledged = log.by_partition()
@@ -302,52 +345,6 @@ def test_group_rebalances_under_load(broker):
 
 # ---------------------------------------------------------------------------
 # Admin API
-
-
-def produce_numbers(bootstrap, topic, partitions, per_partition):
-    """Write `per_partition` records numbered from 0 to each partition and return the end offsets."""
-    client = producer(bootstrap)
-    log = DeliveryLog()
-    for partition in range(partitions):
-        for number in range(per_partition):
-            client.produce(topic, value=str(number).encode(), partition=partition, on_delivery=log.for_index((partition, number)))
-    assert client.flush(30) == 0
-    assert log.errors == {}
-    return {partition: per_partition for partition in range(partitions)}
-
-
-def confluent_consumer(bootstrap, group, name, **config):
-    settings = {
-        "bootstrap.servers": bootstrap,
-        "group.id": group,
-        "client.id": name,
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "range",
-        "session.timeout.ms": 10_000,
-        "heartbeat.interval.ms": 500,
-        "fetch.wait.max.ms": 100,
-    }
-    settings.update(config)
-    return Consumer(settings)
-
-
-def consume_and_commit(consumer, topic, count):
-    """Consume `count` records, then commit the next offset of each consumed partition synchronously.
-
-    Returns {partition: committed offset}.
-    """
-    positions = {}
-    consumed = 0
-    deadline = time.monotonic() + PHASE_TIMEOUT_S
-    while consumed < count:
-        assert time.monotonic() < deadline, f"consumed {consumed} of {count} records of {topic}"
-        for message in consumer.consume(num_messages=count - consumed, timeout=0.2):
-            assert message.error() is None, message.error()
-            positions[message.partition()] = message.offset() + 1
-            consumed += 1
-    consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in positions.items()], asynchronous=False)
-    return positions
 
 
 def committed_offsets(admin, group, topic, partitions):
