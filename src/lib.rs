@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the code map and the invariants of each module.
 
+pub mod admin;
 pub mod alloc;
 pub mod client;
 pub mod config;

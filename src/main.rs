@@ -1,4 +1,5 @@
-//! The `weir` command: `weir serve` runs the broker.
+//! The `weir` command: `weir serve` runs the broker, `weir groups` shows
+//! consumer groups.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -26,6 +27,21 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    /// List consumer groups with their members, committed offsets and lag.
+    Groups(GroupsArgs),
+}
+
+#[derive(clap::Args)]
+struct GroupsArgs {
+    /// Address of any broker of the cluster, e.g. 127.0.0.1:9092.
+    #[arg(long, value_name = "HOST:PORT")]
+    bootstrap: String,
+    /// Show only this group (default: every group of every broker).
+    #[arg(long)]
+    group: Option<String>,
+    /// Print JSON instead of text tables.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -59,7 +75,21 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Groups(args) => groups(args),
     }
+}
+
+fn groups(args: GroupsArgs) -> anyhow::Result<()> {
+    let reports = weir::admin::describe_groups(&args.bootstrap, args.group.as_deref())?;
+    let output = if args.json {
+        serde_json::to_string_pretty(&reports)? + "\n"
+    } else {
+        weir::admin::render_text(&reports)
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(output.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
