@@ -203,7 +203,7 @@ fn round_trip_zstd_acks_none() {
 }
 
 #[test]
-fn delete_topic_then_produce_reports_kafka_code() {
+fn deleted_topic_reports_kafka_code() {
     let broker = Broker::start(&["auto.create.topics.enable=false"]);
     let bootstrap = broker.bootstrap.clone();
     block_on(async move {
@@ -258,7 +258,7 @@ fn assigned_partitions(member: &GroupConsumer) -> Vec<i32> {
 }
 
 #[test]
-fn group_members_split_partitions_and_resume_from_commits() {
+fn group_members_split_and_resume() {
     let broker = Broker::start(&[]);
     let bootstrap = broker.bootstrap.clone();
     block_on(async move {
