@@ -130,6 +130,7 @@ class Member:
         self.assignment_count = 0
         self.consumed = 0
         self.errors = []
+
         self.consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -147,6 +148,7 @@ class Member:
         self.consumer.subscribe(
             [ledger.topic], on_assign=self.on_assign, on_revoke=self.on_revoke, on_lost=self.on_revoke
         )
+
         self.failure = None
         self.stop_requested = threading.Event()
         self.thread = threading.Thread(target=self.run, name=name, daemon=True)
