@@ -45,8 +45,8 @@ pub const SUPPORTED: &[(ApiKey, VersionRange)] = &[
     (ApiKey::LeaveGroup, range(0, 5)),
     (ApiKey::OffsetCommit, range(2, 9)),
     (ApiKey::OffsetFetch, range(1, 9)),
-    (ApiKey::ListGroups, range(0, 4)),
-    (ApiKey::DescribeGroups, range(0, 5)),
+    (ApiKey::ListGroups, range(0, 5)),
+    (ApiKey::DescribeGroups, range(0, 6)),
     (ApiKey::DeleteGroups, range(0, 2)),
     (ApiKey::InitProducerId, range(0, 5)),
 ];

@@ -300,13 +300,33 @@ fn bind_listeners(config: &BrokerConfig, shard_count: usize) -> anyhow::Result<(
                 }
             }
         }
-        let listener = bind_one(address, config.listener_mode == ListenerMode::Shared)
+        let listener = bind_with_retry(address, config.listener_mode == ListenerMode::Shared)
             .map_err(|err| anyhow::anyhow!("failed to listen on {address} for shard {shard}: {err}"))?;
         addresses.push(listener.local_addr()?);
         fds.push(listener.into_raw_fd());
     }
     Ok((fds, addresses))
 }
+
+/// Binds, retrying while the address is still in use for a short while: a
+/// broker restarted right after a kill -9 can find its port held for some
+/// milliseconds while the kernel tears the old sockets down.
+fn bind_with_retry(address: SocketAddr, reuse_port: bool) -> std::io::Result<StdTcpListener> {
+    let deadline = std::time::Instant::now() + BIND_RETRY_FOR;
+    loop {
+        match bind_one(address, reuse_port) {
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                tracing::debug!(target: "weir::broker", %address, "address in use; retrying the bind");
+                std::thread::sleep(BIND_RETRY_INTERVAL);
+            }
+            result => return result,
+        }
+    }
+}
+
+/// How long start-up keeps retrying a bind that fails with EADDRINUSE.
+const BIND_RETRY_FOR: Duration = Duration::from_secs(2);
+const BIND_RETRY_INTERVAL: Duration = Duration::from_millis(20);
 
 fn bind_one(address: SocketAddr, reuse_port: bool) -> std::io::Result<StdTcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;

@@ -20,8 +20,6 @@ from weir_broker import Broker, BrokerFactory
 
 CONSUME_TIMEOUT_S = 60.0
 PORT_PAIR_ATTEMPTS = 50
-PORT_RELEASE_TIMEOUT_S = 10.0
-PORT_RELEASE_POLL_S = 0.005
 FETCH_MAX_BYTES = 4 * 1024 * 1024
 # Bytes of a v2 batch header, from the base offset up to and including the record count.
 BATCH_HEADER_BYTES = 61
@@ -60,39 +58,6 @@ class FixedPortBroker(Broker):
         command = super().command()
         command[command.index("--listen") + 1] = f"127.0.0.1:{self.port}"
         return command
-
-    def start(self):
-        self.wait_for_ports()
-        return super().start()
-
-    def wait_for_ports(self):
-        """Wait until every shard port can be bound again.
-
-        NOTE: after a SIGKILL under load the kernel keeps the old listening
-        sockets for a few milliseconds after the process is reaped (5-15 ms
-        measured on loopback), and weir exits with "Address already in use"
-        when it starts in that window.
-        """
-        deadline = time.monotonic() + PORT_RELEASE_TIMEOUT_S
-        for offset in range(self.shards):
-            while not port_is_free(self.port + offset):
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"port {self.port + offset} still in use {PORT_RELEASE_TIMEOUT_S}s after the broker exited")
-                time.sleep(PORT_RELEASE_POLL_S)
-
-
-def port_is_free(port):
-    """Return whether a listener could bind 127.0.0.1:`port` now, as weir binds it (SO_REUSEADDR)."""
-    probe = socket.socket()
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(("127.0.0.1", port))
-        probe.listen()
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
 
 
 @pytest.fixture

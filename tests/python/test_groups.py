@@ -445,12 +445,6 @@ def test_admin_lists_describes_and_deletes_groups(broker):
             member.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ListGroups is advertised only up to v4 although the coordinator handles v5, so "
-    "librdkafka cannot send the group type filter: list_consumer_groups(types={CONSUMER}) "
-    "returns classic groups, and every listed group has type UNKNOWN",
-)
 def test_admin_lists_groups_by_type(broker):
     create_topic(broker.bootstrap, "typed-groups", 2)
     produce_numbers(broker.bootstrap, "typed-groups", 2, 5)
