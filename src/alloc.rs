@@ -29,11 +29,10 @@ fn is_mapped(layout: Layout) -> bool {
     layout.size() >= HUGE_ALLOCATION_BYTES && layout.align() <= MAPPING_ALIGNMENT_BYTES
 }
 
-// SAFETY: every pointer returned comes either from `System` (and goes back to
-// it) or from `mmap` with at least `layout.size()` bytes (and goes back to
-// `munmap` with the same size); `is_mapped` routes both directions the same
-// way because it depends only on the layout, which callers must pass back
-// unchanged.
+// SAFETY: every pointer returned comes either from `System`, and goes back to
+// it, or from `mmap` with at least `layout.size()` bytes, and goes back to
+// `munmap` with the same size. `is_mapped` routes both directions the same
+// way because it depends only on the layout, which callers pass back unchanged.
 unsafe impl GlobalAlloc for BrokerAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if is_mapped(layout) {

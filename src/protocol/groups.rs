@@ -29,11 +29,11 @@ fn coordinator_of(shard: &Shard, group_id: &str) -> usize {
     metadata::group_shard(group_id, shard.count)
 }
 
-/// Where a single-group request is handled.
+/// Routing decision for a single-group request.
 enum Route<Req, Resp> {
     /// This shard coordinates the group.
     Local(Req),
-    /// Answered already: by the coordinating shard, or with NOT_COORDINATOR.
+    /// Response already built, by the coordinating shard or as NOT_COORDINATOR.
     Done(Resp),
 }
 
@@ -381,7 +381,7 @@ async fn dispatch_part(
 }
 
 /// Lists the groups this shard coordinates. Admin clients send ListGroups to
-/// every broker and merge the answers, so each shard lists its own.
+/// every broker and merge the responses, so each shard lists its own.
 pub async fn list_groups(shard: &Rc<Shard>, request: ListGroupsRequest, version: i16) -> ListGroupsResponse {
     shard.groups.list_groups(request, version).await
 }

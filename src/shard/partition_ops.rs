@@ -1,5 +1,5 @@
-//! What a shard does with each [`ShardMessage`]: partition reads and writes
-//! for the partitions it owns, and, on shard 0, metadata changes.
+//! Handling of each [`ShardMessage`]: reads and writes of the partitions a
+//! shard owns, and, on shard 0, metadata changes.
 
 use std::collections::HashMap;
 use std::rc::Rc;

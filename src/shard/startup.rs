@@ -17,7 +17,7 @@ use crate::group::{GroupConfig, GroupCoordinator, ProducerIdAllocator, ProducerI
 use crate::metadata::{self, MetadataChange, MetadataView};
 use crate::runtime::{self, Mesh, TcpListener};
 
-/// Messages each mesh channel holds before a sender waits.
+/// Capacity of each mesh channel, in messages, before a sender waits.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
 /// Time a shard gets to open its logs before start-up is declared failed.
 const SHARD_START_TIMEOUT: Duration = Duration::from_secs(600);
@@ -31,7 +31,7 @@ pub struct BrokerHandle {
 }
 
 impl BrokerHandle {
-    /// The address clients bootstrap from.
+    /// Returns the address clients bootstrap from.
     pub fn bootstrap(&self) -> SocketAddr {
         self.shard_addresses[0]
     }
