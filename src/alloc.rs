@@ -3,7 +3,7 @@
 //!
 //! The `kafka-protocol` crate (0.18) reserves capacity for an array's declared
 //! element count before it reads the elements. A request that claims two
-//! billion entries therefore asks for tens of gigabytes before decoding fails
+//! billion entries therefore makes the decoder allocate tens of gigabytes before decoding fails
 //! on the missing bytes, and a failed allocation aborts a Rust process. Here,
 //! any allocation of [`HUGE_ALLOCATION_BYTES`] or more is an anonymous
 //! `MAP_NORESERVE` mapping. The kernel hands out address space without
