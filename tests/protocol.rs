@@ -429,3 +429,21 @@ fn shared_listener_forwards_partitions_and_groups() {
         assert!(!response.member_id.is_empty());
     }
 }
+
+#[test]
+fn second_broker_on_same_data_dir_fails() {
+    let broker = Broker::start(&[]);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "2", "--data-dir"])
+        .arg(&broker.data_dir)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run a second weir");
+    assert!(!output.status.success(), "a second broker on the same data dir must not start");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is in use by another weir process"), "stderr: {stderr}");
+
+    let mut connection = broker.connect();
+    let response: ApiVersionsResponse = connection.request(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    assert_eq!(response.error_code, 0, "the first broker keeps serving");
+}

@@ -28,6 +28,8 @@ pub struct BrokerHandle {
     pub shard_addresses: Vec<SocketAddr>,
     stop_senders: Vec<oneshot::Sender<()>>,
     threads: runtime::ShardThreads,
+    /// Exclusive lock on the data directory, released when the process exits.
+    _data_dir_lock: std::fs::File,
 }
 
 impl BrokerHandle {
@@ -58,6 +60,7 @@ pub fn run_broker(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
 
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|err| anyhow::anyhow!("failed to create data dir {}: {err}", config.data_dir.display()))?;
+    let data_dir_lock = lock_data_dir(&config.data_dir)?;
     let mut view = metadata::load(&config.data_dir)?;
     if view.cluster_id.is_empty() {
         let change = MetadataChange::ClusterId { cluster_id: new_cluster_id() };
@@ -115,7 +118,7 @@ pub fn run_broker(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
             Err(_) => anyhow::bail!("shards did not start within {SHARD_START_TIMEOUT:?}"),
         }
     }
-    Ok(BrokerHandle { shard_addresses, stop_senders, threads })
+    Ok(BrokerHandle { shard_addresses, stop_senders, threads, _data_dir_lock: data_dir_lock })
 }
 
 struct StartParams {
@@ -337,6 +340,41 @@ fn bind_one(address: SocketAddr, reuse_port: bool) -> std::io::Result<StdTcpList
     socket.bind(&address.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+/// Name of the lock file in the data directory.
+const LOCK_FILE_NAME: &str = ".lock";
+
+/// Takes an exclusive `flock` on `<data-dir>/.lock`, so that a second broker
+/// on the same directory fails at start instead of truncating the first one's
+/// segments. The kernel drops the lock when the process exits, kill -9 included.
+fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+
+    let path = data_dir.join(LOCK_FILE_NAME);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|err| anyhow::anyhow!("failed to open lock file {}: {err}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own; the result is checked.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if !locked {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        anyhow::bail!(
+            "data dir {} is in use by another weir process (pid {}); stop it or choose another --data-dir",
+            data_dir.display(),
+            holder.trim()
+        );
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
 }
 
 fn new_cluster_id() -> String {
