@@ -23,7 +23,7 @@ pub enum ConfigError {
     },
     #[error("invalid TOML in {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("unknown config key `{key}`; see tuning/weir.toml for the supported keys")]
+    #[error("unknown config key `{key}`; the README's configuration table and tuning/weir.toml in the source tree list the supported keys")]
     UnknownKey { key: String },
     #[error("invalid value `{value}` for `{key}`: expected {expected}")]
     InvalidValue { key: String, value: String, expected: &'static str },
