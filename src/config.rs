@@ -168,10 +168,10 @@ impl BrokerConfig {
             }
             "pin.shards" => self.pin_shards = parse(key, value, "true or false")?,
             "socket.request.max.bytes" => self.socket_request_max_bytes = parse(key, value, "a byte count")?,
-            "message.max.bytes" => self.message_max_bytes = parse(key, value, "a byte count")?,
+            "message.max.bytes" => self.message_max_bytes = at_least(key, value, MESSAGE_MAX_BYTES_MIN, "a byte count of at least 128")?,
             "auto.create.topics.enable" => self.auto_create_topics_enable = parse(key, value, "true or false")?,
             "num.partitions" => self.num_partitions = positive(key, value)?,
-            "log.segment.bytes" => self.log_segment_bytes = parse(key, value, "a byte count")?,
+            "log.segment.bytes" => self.log_segment_bytes = at_least(key, value, SEGMENT_BYTES_MIN, "a byte count of at least 1048576")?,
             "log.roll.ms" => self.log_segment_ms = Some(parse(key, value, "milliseconds")?),
             "log.roll.hours" => self.log_segment_ms = Some(parse::<u64>(key, value, "hours")? * 3_600_000),
             "log.index.interval.bytes" => self.log_index_interval_bytes = parse(key, value, "a byte count")?,
@@ -310,6 +310,25 @@ fn parse<T: std::str::FromStr>(key: &str, value: &str, expected: &'static str) -
     value.parse().map_err(|_| ConfigError::InvalidValue { key: key.to_string(), value: value.to_string(), expected })
 }
 
+/// Smallest `log.segment.bytes` accepted (Kafka 4 has the same floor).
+const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
+/// Smallest `message.max.bytes` accepted: a v2 batch header plus one small record.
+const MESSAGE_MAX_BYTES_MIN: u32 = 128;
+
+fn at_least<T>(key: &str, value: &str, minimum: T, expected: &'static str) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd,
+{
+    match value.parse::<T>() {
+        Ok(number) if number >= minimum => Ok(number),
+        _ => Err(ConfigError::InvalidValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            expected,
+        }),
+    }
+}
+
 fn positive(key: &str, value: &str) -> Result<i32, ConfigError> {
     match value.parse::<i32>() {
         Ok(number) if number > 0 => Ok(number),
@@ -375,6 +394,13 @@ mod tests {
     fn unknown_key_is_rejected() {
         let err = BrokerConfig::load(None, &["no.such.key=1".to_string()]).unwrap_err();
         assert!(err.to_string().contains("no.such.key"));
+    }
+
+    #[test]
+    fn tiny_sizes_are_rejected() {
+        assert!(BrokerConfig::load(None, &["log.segment.bytes=10".to_string()]).is_err());
+        assert!(BrokerConfig::load(None, &["message.max.bytes=0".to_string()]).is_err());
+        assert!(BrokerConfig::load(None, &["log.segment.bytes=1048576".to_string()]).is_ok());
     }
 
     #[test]
