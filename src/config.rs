@@ -310,7 +310,7 @@ fn parse<T: std::str::FromStr>(key: &str, value: &str, expected: &'static str) -
     value.parse().map_err(|_| ConfigError::InvalidValue { key: key.to_string(), value: value.to_string(), expected })
 }
 
-/// Smallest `log.segment.bytes` accepted (Kafka 4 has the same floor).
+/// Smallest `log.segment.bytes` accepted; smaller segments would roll on almost every batch.
 const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
 /// Smallest `message.max.bytes` accepted: a v2 batch header plus one small record.
 const MESSAGE_MAX_BYTES_MIN: u32 = 128;
