@@ -15,12 +15,10 @@ use crate::storage::{LogConfig, TimestampType};
 /// Errors from reading or applying configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("failed to read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The I/O error is part of the message and deliberately not a `source`,
+    // so `anyhow` does not print it twice.
+    #[error("failed to read config file {path}: {reason}")]
+    Read { path: PathBuf, reason: std::io::Error },
     #[error("invalid TOML in {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("unknown config key `{key}`; the README's configuration table and tuning/weir.toml in the source tree list the supported keys")]
@@ -121,7 +119,7 @@ impl BrokerConfig {
         let mut config = BrokerConfig::default();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+                .map_err(|reason| ConfigError::Read { path: path.to_path_buf(), reason })?;
             let table: toml::Table = text.parse().map_err(|err: toml::de::Error| ConfigError::Parse {
                 path: path.to_path_buf(),
                 message: err.to_string(),
