@@ -29,7 +29,7 @@ pub enum ConfigError {
     InvalidOverride(String),
 }
 
-/// How shards expose themselves to clients.
+/// Listener layout: how shards are exposed to clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerMode {
     /// Each shard listens on its own port and is advertised as its own
@@ -70,7 +70,7 @@ pub struct BrokerConfig {
     pub log_message_timestamp_type: TimestampType,
     /// Bytes of recent batches each partition keeps in memory for fetches.
     pub log_hot_cache_bytes: usize,
-    /// `queued.max.request.bytes`: request bytes one shard holds in memory
+    /// `queued.max.request.bytes`: request bytes one shard keeps in memory
     /// before its connections stop reading (at least socket.request.max.bytes).
     pub queued_max_request_bytes: usize,
     /// Requests one connection may have in flight before reading pauses.
@@ -214,7 +214,7 @@ impl BrokerConfig {
         self.queued_max_request_bytes.max(self.socket_request_max_bytes)
     }
 
-    /// The log settings for a partition of a topic with the given overrides
+    /// Returns the log settings for a partition of a topic with the given overrides
     /// (topic-level Kafka names such as `segment.bytes`, `retention.ms`).
     pub fn log_config(&self, topic_configs: &BTreeMap<String, String>) -> LogConfig {
         let mut log = LogConfig {
