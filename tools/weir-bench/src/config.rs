@@ -220,6 +220,6 @@ mod tests {
                 count += 1;
             }
         }
-        assert_eq!(count, 8, "one file per standard workload");
+        assert_eq!(count, 10, "one file per standard workload");
     }
 }
