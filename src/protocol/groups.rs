@@ -29,40 +29,6 @@ fn coordinator_of(shard: &Shard, group_id: &str) -> usize {
     metadata::group_shard(group_id, shard.count)
 }
 
-/// Routing decision for a single-group request.
-enum Route<Req, Resp> {
-    /// This shard coordinates the group.
-    Local(Req),
-    /// Response already built, by the coordinating shard or as NOT_COORDINATOR.
-    Done(Resp),
-}
-
-/// Routes a single-group request. With per-shard listeners a request for
-/// another shard's group gets NOT_COORDINATOR (clients then ask
-/// FindCoordinator again); with a shared listener it is forwarded.
-#[allow(clippy::too_many_arguments)] // one value per routing decision; a struct would only rename them
-async fn route<Req, Resp>(
-    shard: &Rc<Shard>,
-    group_id: &str,
-    request: Req,
-    version: i16,
-    client: ClientInfo,
-    wrap: fn(Req) -> RequestKind,
-    unwrap: fn(ResponseKind) -> Option<Resp>,
-    refuse: impl FnOnce(&Req) -> Resp,
-) -> Route<Req, Resp> {
-    let owner = coordinator_of(shard, group_id);
-    if owner == shard.id {
-        return Route::Local(request);
-    }
-    if shard.config.listener_mode == ListenerMode::PerShard {
-        return Route::Done(refuse(&request));
-    }
-    let fallback = refuse(&request);
-    let response = forward(shard, owner, wrap(request), version, client).await.and_then(unwrap);
-    Route::Done(response.unwrap_or(fallback))
-}
-
 /// Sends a group request to the shard that coordinates it.
 async fn forward(
     shard: &Rc<Shard>,
@@ -74,8 +40,8 @@ async fn forward(
     shard.call(owner, |reply| ShardMessage::GroupRequest { body: Box::new(body), version, client, reply }).await.flatten()
 }
 
-/// Handles a group request forwarded by another shard; this shard
-/// coordinates every group it names.
+/// Runs a group request on this shard's coordinator. The caller has checked
+/// that this shard coordinates every group the request names.
 pub async fn handle_forwarded(
     shard: &Rc<Shard>,
     body: RequestKind,
@@ -102,117 +68,61 @@ pub async fn handle_forwarded(
     Some(response)
 }
 
-pub async fn join_group(
+/// Returns the group a single-group request names: JoinGroup, SyncGroup,
+/// Heartbeat, LeaveGroup, OffsetCommit, and OffsetFetch before v8.
+pub fn single_group_id(body: &RequestKind) -> Option<String> {
+    let group_id = match body {
+        RequestKind::JoinGroup(request) => &request.group_id,
+        RequestKind::SyncGroup(request) => &request.group_id,
+        RequestKind::Heartbeat(request) => &request.group_id,
+        RequestKind::LeaveGroup(request) => &request.group_id,
+        RequestKind::OffsetCommit(request) => &request.group_id,
+        RequestKind::OffsetFetch(request) => &request.group_id,
+        _ => return None,
+    };
+    Some(group_id.to_string())
+}
+
+/// Handles a request that names one group. This shard handles it when it
+/// coordinates the group. Otherwise a shared listener forwards it to the
+/// coordinator, and per-shard listeners return NOT_COORDINATOR, which makes
+/// clients ask FindCoordinator again, as with Kafka.
+pub async fn single_group(
     shard: &Rc<Shard>,
-    request: JoinGroupRequest,
+    group_id: &str,
+    body: RequestKind,
     version: i16,
     client: ClientInfo,
-) -> JoinGroupResponse {
-    let group_id = request.group_id.to_string();
-    let routed = route(
-        shard,
-        &group_id,
-        request,
-        version,
-        client.clone(),
-        RequestKind::JoinGroup,
-        |response| match response {
-            ResponseKind::JoinGroup(response) => Some(response),
-            _ => None,
-        },
-        |request| {
+) -> Option<ResponseKind> {
+    let owner = coordinator_of(shard, group_id);
+    if owner == shard.id {
+        return handle_forwarded(shard, body, version, client).await;
+    }
+    let refusal = not_coordinator_response(&body);
+    if shard.config.listener_mode == ListenerMode::PerShard {
+        return refusal;
+    }
+    forward(shard, owner, body, version, client).await.or(refusal)
+}
+
+/// Builds the NOT_COORDINATOR response to a single-group request.
+fn not_coordinator_response(body: &RequestKind) -> Option<ResponseKind> {
+    let code = not_coordinator();
+    let response = match body {
+        RequestKind::JoinGroup(request) => ResponseKind::JoinGroup(
             JoinGroupResponse::default()
-                .with_error_code(not_coordinator())
+                .with_error_code(code)
                 .with_generation_id(-1)
-                .with_member_id(request.member_id.clone())
-        },
-    )
-    .await;
-    match routed {
-        Route::Local(request) => shard.groups.join_group_from(request, version, client).await,
-        Route::Done(response) => response,
-    }
-}
-
-pub async fn sync_group(
-    shard: &Rc<Shard>,
-    request: SyncGroupRequest,
-    version: i16,
-    client: ClientInfo,
-) -> SyncGroupResponse {
-    let group_id = request.group_id.to_string();
-    let routed = route(
-        shard,
-        &group_id,
-        request,
-        version,
-        client,
-        RequestKind::SyncGroup,
-        |response| match response {
-            ResponseKind::SyncGroup(response) => Some(response),
-            _ => None,
-        },
-        |_| SyncGroupResponse::default().with_error_code(not_coordinator()),
-    )
-    .await;
-    match routed {
-        Route::Local(request) => shard.groups.sync_group(request, version).await,
-        Route::Done(response) => response,
-    }
-}
-
-pub async fn heartbeat(
-    shard: &Rc<Shard>,
-    request: HeartbeatRequest,
-    version: i16,
-    client: ClientInfo,
-) -> HeartbeatResponse {
-    let group_id = request.group_id.to_string();
-    let routed = route(
-        shard,
-        &group_id,
-        request,
-        version,
-        client,
-        RequestKind::Heartbeat,
-        |response| match response {
-            ResponseKind::Heartbeat(response) => Some(response),
-            _ => None,
-        },
-        |_| HeartbeatResponse::default().with_error_code(not_coordinator()),
-    )
-    .await;
-    match routed {
-        Route::Local(request) => shard.groups.heartbeat(request, version).await,
-        Route::Done(response) => response,
-    }
-}
-
-pub async fn leave_group(
-    shard: &Rc<Shard>,
-    request: LeaveGroupRequest,
-    version: i16,
-    client: ClientInfo,
-) -> LeaveGroupResponse {
-    let group_id = request.group_id.to_string();
-    let routed = route(
-        shard,
-        &group_id,
-        request,
-        version,
-        client,
-        RequestKind::LeaveGroup,
-        |response| match response {
-            ResponseKind::LeaveGroup(response) => Some(response),
-            _ => None,
-        },
-        |_| LeaveGroupResponse::default().with_error_code(not_coordinator()),
-    )
-    .await;
-    match routed {
-        Route::Local(request) => shard.groups.leave_group(request, version).await,
-        Route::Done(response) => response,
-    }
+                .with_member_id(request.member_id.clone()),
+        ),
+        RequestKind::SyncGroup(_) => ResponseKind::SyncGroup(SyncGroupResponse::default().with_error_code(code)),
+        RequestKind::Heartbeat(_) => ResponseKind::Heartbeat(HeartbeatResponse::default().with_error_code(code)),
+        RequestKind::LeaveGroup(_) => ResponseKind::LeaveGroup(LeaveGroupResponse::default().with_error_code(code)),
+        RequestKind::OffsetCommit(request) => ResponseKind::OffsetCommit(offset_commit_refused(request)),
+        RequestKind::OffsetFetch(_) => ResponseKind::OffsetFetch(OffsetFetchResponse::default().with_error_code(code)),
+        _ => return None,
+    };
+    Some(response)
 }
 
 fn offset_commit_refused(request: &OffsetCommitRequest) -> OffsetCommitResponse {
@@ -236,64 +146,16 @@ fn offset_commit_refused(request: &OffsetCommitRequest) -> OffsetCommitResponse 
     OffsetCommitResponse::default().with_topics(topics)
 }
 
-pub async fn offset_commit(
-    shard: &Rc<Shard>,
-    request: OffsetCommitRequest,
-    version: i16,
-    client: ClientInfo,
-) -> OffsetCommitResponse {
-    let group_id = request.group_id.to_string();
-    let routed = route(
-        shard,
-        &group_id,
-        request,
-        version,
-        client,
-        RequestKind::OffsetCommit,
-        |response| match response {
-            ResponseKind::OffsetCommit(response) => Some(response),
-            _ => None,
-        },
-        offset_commit_refused,
-    )
-    .await;
-    match routed {
-        Route::Local(request) => shard.groups.offset_commit(request, version).await,
-        Route::Done(response) => response,
-    }
-}
-
 /// First OffsetFetch version that names several groups.
-const OFFSET_FETCH_FIRST_MULTI_GROUP_VERSION: i16 = 8;
+pub const OFFSET_FETCH_FIRST_MULTI_GROUP_VERSION: i16 = 8;
 
-pub async fn offset_fetch(
+/// Handles OffsetFetch v8 and later, which names several groups.
+pub async fn offset_fetch_groups(
     shard: &Rc<Shard>,
     request: OffsetFetchRequest,
     version: i16,
     client: ClientInfo,
 ) -> OffsetFetchResponse {
-    if version < OFFSET_FETCH_FIRST_MULTI_GROUP_VERSION {
-        let group_id = request.group_id.to_string();
-        let routed = route(
-            shard,
-            &group_id,
-            request,
-            version,
-            client,
-            RequestKind::OffsetFetch,
-            |response| match response {
-                ResponseKind::OffsetFetch(response) => Some(response),
-                _ => None,
-            },
-            |_| OffsetFetchResponse::default().with_error_code(not_coordinator()),
-        )
-        .await;
-        return match routed {
-            Route::Local(request) => shard.groups.offset_fetch(request, version).await,
-            Route::Done(response) => response,
-        };
-    }
-
     let mut response = OffsetFetchResponse::default();
     for (owner, groups) in split_by_coordinator(shard, request.groups.clone(), |group| group.group_id.to_string()) {
         let part = request.clone().with_groups(groups);

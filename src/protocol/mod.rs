@@ -117,23 +117,8 @@ pub async fn handle(shard: &Rc<Shard>, request: Request, peer: Option<SocketAddr
         RequestKind::FindCoordinator(request) => {
             ResponseKind::FindCoordinator(coordinator::find_coordinator(shard, request, version))
         }
-        RequestKind::JoinGroup(request) => {
-            ResponseKind::JoinGroup(groups::join_group(shard, request, version, client_info()).await)
-        }
-        RequestKind::SyncGroup(request) => {
-            ResponseKind::SyncGroup(groups::sync_group(shard, request, version, client_info()).await)
-        }
-        RequestKind::Heartbeat(request) => {
-            ResponseKind::Heartbeat(groups::heartbeat(shard, request, version, client_info()).await)
-        }
-        RequestKind::LeaveGroup(request) => {
-            ResponseKind::LeaveGroup(groups::leave_group(shard, request, version, client_info()).await)
-        }
-        RequestKind::OffsetCommit(request) => {
-            ResponseKind::OffsetCommit(groups::offset_commit(shard, request, version, client_info()).await)
-        }
-        RequestKind::OffsetFetch(request) => {
-            ResponseKind::OffsetFetch(groups::offset_fetch(shard, request, version, client_info()).await)
+        RequestKind::OffsetFetch(request) if version >= groups::OFFSET_FETCH_FIRST_MULTI_GROUP_VERSION => {
+            ResponseKind::OffsetFetch(groups::offset_fetch_groups(shard, request, version, client_info()).await)
         }
         RequestKind::ListGroups(request) => {
             ResponseKind::ListGroups(groups::list_groups(shard, request, version).await)
@@ -164,11 +149,13 @@ pub async fn handle(shard: &Rc<Shard>, request: Request, peer: Option<SocketAddr
         RequestKind::OffsetForLeaderEpoch(request) => {
             ResponseKind::OffsetForLeaderEpoch(offsets::offset_for_leader_epoch(shard, request, version).await)
         }
-        other => {
-            tracing::warn!(target: "weir::protocol", shard = shard.id, api = ?api_key, version, "no handler for request");
-            drop(other);
-            return None;
-        }
+        other => match groups::single_group_id(&other) {
+            Some(group_id) => groups::single_group(shard, &group_id, other, version, client_info()).await?,
+            None => {
+                tracing::warn!(target: "weir::protocol", shard = shard.id, api = ?api_key, version, "no handler for request");
+                return None;
+            }
+        },
     };
     match encode_response(api_key, version, correlation_id, &response) {
         Ok(frame) => Some(vec![frame]),
