@@ -411,7 +411,7 @@ fn shared_listener_forwards_partitions_and_groups() {
         assert_eq!(records.len(), 5);
     }
 
-    // Groups hash to both shards; each answers JoinGroup itself, never NOT_COORDINATOR.
+    // Groups hash to both shards. Each coordinator handles JoinGroup itself, so no response is NOT_COORDINATOR.
     let group_ids: Vec<String> = (0..8).map(|index| format!("group-{index}")).collect();
     let owners: std::collections::BTreeSet<usize> =
         group_ids.iter().map(|group| weir::metadata::group_shard(group, 2)).collect();

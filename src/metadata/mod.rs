@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Longest topic name Kafka accepts.
+/// Maximum topic name length Kafka accepts, in characters.
 pub const TOPIC_NAME_MAX_CHARS: usize = 249;
 
 /// A topic as recorded in the metadata log.
@@ -161,7 +161,7 @@ pub fn owner_shard(topic: &str, partition: i32, shard_count: usize) -> usize {
     start.wrapping_add(partition.max(0) as usize) % shard_count.max(1)
 }
 
-/// The shard that coordinates a consumer group.
+/// Returns the shard that coordinates a consumer group.
 pub fn group_shard(group_id: &str, shard_count: usize) -> usize {
     fnv1a(group_id.as_bytes()) as usize % shard_count.max(1)
 }

@@ -9,7 +9,7 @@ use futures::{AsyncRead, AsyncReadExt};
 /// Bytes requested from the socket per read when the buffer runs dry.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
-/// Why a connection's frame stream cannot continue.
+/// Reason a connection's frame stream cannot continue.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error("frame length {0} is negative")]
@@ -59,7 +59,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(Some(frame.freeze()))
     }
 
-    /// Reads until the buffer holds `wanted` bytes. Returns false at end of stream.
+    /// Reads until the buffer contains `wanted` bytes. Returns false at end of stream.
     async fn fill_to(&mut self, wanted: usize) -> Result<bool, FrameError> {
         while self.buffer.len() < wanted {
             let start = self.buffer.len();

@@ -128,7 +128,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     tracing::debug!(target: "weir::net", shard = shard.id, peer = ?peer, "connection closed");
 }
 
-/// Why the reader stopped.
+/// Reason the reader stopped.
 enum Close {
     /// The client sent something that is not a valid request.
     Invalid(String),

@@ -1,9 +1,9 @@
 //! Metadata and topic administration: Metadata, CreateTopics, DeleteTopics,
 //! CreatePartitions, DescribeConfigs and DescribeCluster.
 //!
-//! Every shard answers Metadata from its own copy of the metadata; changes go
+//! Every shard serves Metadata from its own copy of the metadata; changes go
 //! to shard 0, which persists them and pushes them to every shard before it
-//! answers, so a client sees its new topic on any shard afterwards.
+//! responds, so a client sees its new topic on any shard afterwards.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;

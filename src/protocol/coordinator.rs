@@ -1,5 +1,5 @@
 //! FindCoordinator: every consumer group is coordinated by the shard its id
-//! hashes to, and that shard's virtual broker is the answer.
+//! hashes to, and the response names that shard's virtual broker.
 
 use std::rc::Rc;
 

@@ -3,7 +3,7 @@
 //! being re-encoded.
 //!
 //! Long polls: when the first read finds fewer than `min_bytes`, the handler
-//! asks each partition's owner to report the next append and waits for the
+//! requests a report of the next append from each partition's owner and waits for the
 //! first report or `max_wait_ms`, then reads again. Nothing polls on a timer.
 //!
 //! Sessions (KIP-227) are not kept: every response carries session id 0, which

@@ -35,7 +35,7 @@ pub struct Request {
 
 /// A frame that could not be turned into a [`Request`].
 pub enum DecodeError {
-    /// ApiVersions of a version we do not support: Kafka answers it with a v0
+    /// ApiVersions of a version we do not support: Kafka replies with a v0
     /// response carrying UNSUPPORTED_VERSION and the supported ranges.
     UnsupportedApiVersions { correlation_id: i32 },
     /// Anything else: the connection is closed with this reason.
@@ -43,7 +43,7 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// The encoded reply to send, or the reason to close the connection.
+    /// Returns the encoded reply to send, or the reason to close the connection.
     pub fn into_reply(self) -> Result<Vec<Bytes>, String> {
         match self {
             DecodeError::UnsupportedApiVersions { correlation_id } => {

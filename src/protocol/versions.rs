@@ -51,7 +51,7 @@ pub const SUPPORTED: &[(ApiKey, VersionRange)] = &[
     (ApiKey::InitProducerId, range(0, 5)),
 ];
 
-/// The versions of `api_key` Weir serves, if any.
+/// Returns the versions of `api_key` Weir serves, if any.
 pub fn supported(api_key: ApiKey) -> Option<VersionRange> {
     SUPPORTED.iter().find(|(key, _)| *key == api_key).map(|(_, range)| *range)
 }

@@ -60,7 +60,7 @@ impl Shard {
         metadata::owner_shard(topic, partition, self.count)
     }
 
-    /// Returns the broker id clients are told leads a partition: its owner
+    /// Returns the broker id that Metadata reports as a partition's leader: its owner
     /// shard, or broker 0 when all shards share one listener.
     pub fn leader_node(&self, topic: &str, partition: i32) -> i32 {
         match self.config.listener_mode {

@@ -70,7 +70,7 @@ impl Broker {
         self.child = Some(child);
     }
 
-    /// The broker's log so far.
+    /// Returns the broker's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
